@@ -1,0 +1,3 @@
+from gptomni_relay.cli import main
+
+raise SystemExit(main())

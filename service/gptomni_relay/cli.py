@@ -1,0 +1,109 @@
+"""`gptomni-relay` / `python -m gptomni_relay`: run the relay under uvicorn.
+
+`--demo` starts the built-in GPT-Omni simulator on a free loopback port inside the same
+process and points the relay at it, so the API can be tried with no cookies, no
+cluster and no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+from pydantic import ValidationError
+
+from gptomni_relay.logging_setup import configure_logging
+from gptomni_relay.runtime import ConfigurationError
+from gptomni_relay.serving import bind_socket, serve_app, uvicorn_config
+from gptomni_relay.settings import RelaySettings
+
+log = logging.getLogger("gptomni_relay")
+
+DEMO_COOKIES = ["demo-session=alpha", "demo-session=beta", "demo-session=gamma"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gptomni-relay", description="OpenAI-compatible relay for GPT-Omni.")
+    parser.add_argument("--host", help="address to listen on (env GPTOMNI_HOST, default 0.0.0.0; demo 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (env GPTOMNI_PORT, default 8000)")
+    parser.add_argument("--demo", action="store_true", help="serve from the built-in simulated GPT-Omni")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> RelaySettings:
+    overrides: dict[str, object] = {}
+    if args.demo:
+        overrides["demo"] = True
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.host:
+        overrides["host"] = args.host
+    elif args.demo and "GPTOMNI_HOST" not in os.environ:
+        overrides["host"] = "127.0.0.1"  # the demo key is public: keep the demo off the network
+    return RelaySettings(**overrides)
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def run(settings: RelaySettings) -> None:
+    import uvicorn
+
+    from gptomni_relay.app import create_app
+
+    async with AsyncExitStack() as stack:
+        if settings.demo:
+            from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
+
+            state = SimulatorState(default=Behaviour(token_delay=settings.demo_token_delay_seconds))
+            simulator = await stack.enter_async_context(serve_app(build_simulator_app(state)))
+            settings = settings.model_copy(update={
+                "upstream_url": simulator.url,
+                "credentials": settings.credentials or DEMO_COOKIES,
+                "default_max_concurrency": max(settings.default_max_concurrency, 512),
+            })
+            log.info("demo mode: simulated GPT-Omni upstream", extra={"upstream": simulator.url})
+        app = create_app(settings)
+        sock = bind_socket(settings.host, settings.port)
+        port = sock.getsockname()[1]
+        if settings.demo:
+            key = app.state.runtime.api_keys[0].decode()
+            print(
+                f"\n  gptomni relay (demo) on http://{settings.host}:{port}/v1   API key: {key}\n",
+                file=sys.stderr, flush=True,
+            )
+        server = uvicorn.Server(uvicorn_config(
+            app,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+            timeout_keep_alive=75,
+        ))
+        await server.serve(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = settings_from(args)
+        configure_logging(settings.log_level, settings.log_format)
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(run(settings))
+    except (ConfigurationError, ValidationError) as exc:
+        print(f"gptomni-relay: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

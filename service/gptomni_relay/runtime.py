@@ -1,0 +1,136 @@
+"""RelayRuntime: the one place that holds the relay's mutable state.
+
+Everything a request needs (pool, upstream client, metrics, tracer) hangs off one
+object stored on `app.state.runtime`; nothing lives in module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from gptomni_relay.answer import AnswerOpener, FailoverPolicy
+from gptomni_relay.metrics import RelayMetrics
+from gptomni_relay.pool import Credential, CredentialPool
+from gptomni_relay.pool_file import PoolFileWatcher, credentials_from_env
+from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
+from gptomni_relay.upstream import Outcome, UpstreamClient, UpstreamTimeouts
+
+log = logging.getLogger(__name__)
+
+
+class ConfigurationError(RuntimeError):
+    """The relay cannot start as configured; the message says what to change."""
+
+
+@dataclass
+class RelayRuntime:
+    settings: RelaySettings
+    api_keys: list[bytes]
+    pool: CredentialPool
+    upstream: UpstreamClient
+    metrics: RelayMetrics
+    tracer_provider: TracerProvider
+    opener: AnswerOpener
+    static_credentials: list[Credential]
+    watcher: PoolFileWatcher | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def apply_file_credentials(self, credentials: list[Credential]) -> None:
+        self.pool.replace([*self.static_credentials, *credentials])
+
+    async def start(self) -> None:
+        if self.watcher is not None:
+            self.watcher.check_now()
+            self.tasks.append(asyncio.create_task(self.watcher.run(), name="pool-file-watcher"))
+        if self.settings.eject_probe_seconds > 0:
+            self.tasks.append(asyncio.create_task(self._probe_ejected_forever(), name="ejected-prober"))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.tasks.clear()
+        await self.upstream.aclose()
+        self.tracer_provider.shutdown()
+
+    async def probe_ejected(self) -> None:
+        """Give each ejected credential one real check; a success puts it back in rotation."""
+        for credential in self.pool.ejected_credentials():
+            result = await self.upstream.check_cookie(credential.cookie)
+            self.metrics.upstream_attempts.labels(credential.id, result.outcome.value).inc()
+            if result.outcome is Outcome.OK:
+                self.pool.reinstate(credential.id)
+                log.info("ejected credential passed its probe; back in rotation", extra={"credential": credential.id})
+
+    async def _probe_ejected_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.eject_probe_seconds)
+            try:
+                await self.probe_ejected()
+            except Exception:
+                log.exception("probing ejected credentials failed")
+
+
+def resolve_api_keys(settings: RelaySettings) -> list[str]:
+    try:
+        keys = settings.load_api_keys()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read GPTOMNI_API_KEYS_FILE: {exc}") from None
+    if not keys:
+        if settings.demo:
+            return [DEMO_API_KEY]
+        raise ConfigurationError(
+            "no API key configured: set GPTOMNI_API_KEYS (comma list) or GPTOMNI_API_KEYS_FILE, "
+            "or run the local demo with --demo"
+        )
+    return keys
+
+
+def build_runtime(settings: RelaySettings, tracer_provider: TracerProvider) -> RelayRuntime:
+    keys = resolve_api_keys(settings)
+    pool = CredentialPool(settings.cooldown_base_seconds, settings.cooldown_max_seconds)
+    static = credentials_from_env(settings.credentials, settings.default_max_concurrency)
+    pool.replace(static)
+    upstream = UpstreamClient(
+        settings.upstream_url,
+        UpstreamTimeouts(
+            connect=settings.connect_timeout_seconds,
+            first_byte=settings.first_byte_timeout_seconds,
+            idle=settings.idle_timeout_seconds,
+        ),
+        max_connections=settings.max_upstream_connections,
+    )
+    metrics = RelayMetrics(pool.statuses)
+    opener = AnswerOpener(
+        pool,
+        upstream,
+        metrics,
+        FailoverPolicy(settings.max_attempts, settings.failover_budget_seconds, settings.acquire_timeout_seconds),
+        tracer_provider.get_tracer("gptomni_relay"),
+    )
+    runtime = RelayRuntime(
+        settings=settings,
+        api_keys=[key.encode("utf-8") for key in keys],
+        pool=pool,
+        upstream=upstream,
+        metrics=metrics,
+        tracer_provider=tracer_provider,
+        opener=opener,
+        static_credentials=static,
+    )
+    if settings.credentials_file is not None:
+        runtime.watcher = PoolFileWatcher(
+            settings.credentials_file,
+            settings.credentials_poll_seconds,
+            settings.default_max_concurrency,
+            apply=runtime.apply_file_credentials,
+            on_result=lambda result: metrics.pool_reloads.labels(result).inc(),
+        )
+    return runtime

@@ -1,0 +1,81 @@
+"""Relay configuration, read from `GPTOMNI_*` environment variables.
+
+Every field here is documented in README.md ("Configuration"); keep the two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEMO_API_KEY = "sk-gptomni-demo"
+
+
+def _split_comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class RelaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GPTOMNI_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    demo: bool = False
+    demo_token_delay_seconds: float = Field(0.03, ge=0)
+
+    upstream_url: str = "https://gptomni.ai"
+
+    # Comma lists. NoDecode stops pydantic-settings from expecting JSON here.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["gptomni"])
+
+    # The seed's form: a JSON list of cookie strings.
+    credentials: list[str] = Field(default_factory=list)
+    credentials_file: Path | None = None
+    credentials_poll_seconds: float = Field(2.0, gt=0)
+    default_max_concurrency: int = Field(8, ge=1)
+
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    first_byte_timeout_seconds: float = Field(60.0, gt=0)
+    idle_timeout_seconds: float = Field(60.0, gt=0)
+    max_upstream_connections: int = Field(2048, ge=1)
+
+    max_attempts: int = Field(3, ge=1, le=10)
+    failover_budget_seconds: float = Field(30.0, gt=0)
+    acquire_timeout_seconds: float = Field(5.0, ge=0)
+
+    cooldown_base_seconds: float = Field(5.0, gt=0)
+    cooldown_max_seconds: float = Field(300.0, gt=0)
+    eject_probe_seconds: float = Field(300.0, ge=0)
+
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    sse_ping_seconds: float = Field(15.0, ge=0)
+
+    log_level: str = "INFO"
+    log_format: str = Field("json", pattern="^(json|text)$")
+
+    @field_validator("api_keys", "models", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split_comma_list(value)
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def load_api_keys(self) -> list[str]:
+        """Keys from the environment plus the mounted key file (one per line or comma)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            text = self.api_keys_file.read_text(encoding="utf-8")
+            keys.extend(k.strip() for k in text.replace(",", "\n").splitlines() if k.strip())
+        return keys

@@ -1,0 +1,176 @@
+"""A faithful stand-in for GPT-Omni's web endpoint, for demo mode, tests and benchmarks.
+
+It speaks the real wire protocol: `POST /api/chatWithText` with a text/plain JSON body,
+the session in the Cookie header, and the answer as a chunked raw text stream. Each
+session cookie can be told to misbehave (401/403/429, slow first byte, slow tokens, a
+cut mid-answer); Cloudflare can be made to interpose its "Just a moment..." page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gptomni_relay.upstream.protocol import CHAT_PATH, LANDING_PATH
+
+CLEARANCE_COOKIE = "cf_clearance"
+
+CHALLENGE_PAGE = """<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title>
+<meta http-equiv="refresh" content="360"></head><body><div class="main-wrapper" role="main">
+<h1>gptomni.ai</h1><p>Verifying you are human. This may take a few seconds.</p>
+<noscript>Enable JavaScript and cookies to continue</noscript>
+<script>window._cf_chl_opt={cType:'managed'};</script></div></body></html>"""
+
+_WORDS = re.compile(r"\S+\s*")
+
+
+class SimulatedCut(Exception):
+    """Raised inside the answer stream so the server drops the connection mid-body."""
+
+
+@dataclass
+class Behaviour:
+    """What the simulator does for one session cookie."""
+
+    status: int | None = None
+    retry_after: int | None = None
+    first_byte_delay: float = 0.0
+    token_delay: float = 0.0
+    cut_after: int | None = None
+    answer: str | None = None
+    answer_words: int | None = None
+
+
+@dataclass(frozen=True)
+class ReceivedChat:
+    session: str
+    prompt: str
+    headers: dict[str, str]
+
+
+@dataclass
+class SimulatorState:
+    # None accepts any non-empty session; a set accepts only those.
+    accepted: set[str] | None = None
+    default: Behaviour = field(default_factory=Behaviour)
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    challenge: Literal["off", "solvable", "blocked"] = "off"
+    clearance_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    received: deque[ReceivedChat] = field(default_factory=lambda: deque(maxlen=10_000))
+    active: int = 0
+    completed: int = 0
+    unfinished: int = 0
+    landing_hits: int = 0
+
+    def behaviour_for(self, session: str) -> Behaviour:
+        return self.behaviours.get(session, self.default)
+
+    def set(self, session: str, **changes: object) -> Behaviour:
+        behaviour = Behaviour(**changes)  # type: ignore[arg-type]
+        self.behaviours[session] = behaviour
+        return behaviour
+
+
+def split_cookie_header(header: str) -> tuple[str, dict[str, str]]:
+    """The session part of a Cookie header, and any Cloudflare cookies riding along."""
+    session_parts, cloudflare = [], {}
+    for part in (p.strip() for p in header.split(";")):
+        name, _, value = part.partition("=")
+        if name.startswith(("cf_", "__cf")):
+            cloudflare[name] = value
+        elif part:
+            session_parts.append(part)
+    return "; ".join(session_parts), cloudflare
+
+
+def default_answer(prompt: str, words: int | None) -> str:
+    if words is not None:
+        vocabulary = "the relay streams every token of this simulated answer back to you".split()
+        return " ".join(vocabulary[i % len(vocabulary)] for i in range(words)) + "."
+    last_line = next((line.strip() for line in reversed(prompt.splitlines()) if line.strip() and line.strip() != "Assistant:"), "")
+    _, labelled, text = last_line.partition("User: ")
+    return f"Hello from the GPT-Omni simulator! You said: {(text if labelled else last_line)[:200]}"
+
+
+def _challenge_response() -> HTMLResponse:
+    return HTMLResponse(
+        CHALLENGE_PAGE,
+        status_code=403,
+        headers={"server": "cloudflare", "cf-mitigated": "challenge", "cache-control": "no-store"},
+    )
+
+
+def build_simulator_app(state: SimulatorState) -> Starlette:
+    async def landing(request: Request) -> Response:
+        state.landing_hits += 1
+        if state.challenge == "blocked":
+            return _challenge_response()
+        response = HTMLResponse("<!DOCTYPE html><html><head><title>GPT-Omni</title></head><body>chat</body></html>")
+        if state.challenge == "solvable":
+            response.set_cookie(CLEARANCE_COOKIE, state.clearance_token, path="/", httponly=True)
+        return response
+
+    async def chat(request: Request) -> Response:
+        session, cloudflare = split_cookie_header(request.headers.get("cookie", ""))
+        if state.challenge != "off" and cloudflare.get(CLEARANCE_COOKIE) != state.clearance_token:
+            return _challenge_response()
+        if not request.headers.get("content-type", "").startswith("text/plain"):
+            return JSONResponse({"code": 400, "msg": "bad content type"}, status_code=400)
+        try:
+            prompt = json.loads(await request.body())["prompt"]
+            if not isinstance(prompt, str):
+                raise TypeError("prompt")
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"code": 400, "msg": "bad request"}, status_code=400)
+        if not session or (state.accepted is not None and session not in state.accepted):
+            return JSONResponse({"code": 401, "msg": "please log in"}, status_code=401)
+        behaviour = state.behaviour_for(session)
+        state.received.append(ReceivedChat(session, prompt, dict(request.headers)))
+        if behaviour.status is not None:
+            headers = {"retry-after": str(behaviour.retry_after)} if behaviour.retry_after is not None else {}
+            return JSONResponse({"code": behaviour.status, "msg": "refused"}, status_code=behaviour.status, headers=headers)
+        answer = behaviour.answer if behaviour.answer is not None else default_answer(prompt, behaviour.answer_words)
+        return StreamingResponse(_stream(answer, behaviour), media_type="text/plain; charset=utf-8")
+
+    async def _stream(answer: str, behaviour: Behaviour) -> AsyncIterator[bytes]:
+        state.active += 1
+        finished = False
+        try:
+            if behaviour.first_byte_delay:
+                await asyncio.sleep(behaviour.first_byte_delay)
+            for index, match in enumerate(_WORDS.finditer(answer)):
+                if behaviour.cut_after is not None and index >= behaviour.cut_after:
+                    raise SimulatedCut("simulated mid-stream cut")
+                if index and behaviour.token_delay:
+                    await asyncio.sleep(behaviour.token_delay)
+                yield match.group(0).encode("utf-8")
+            finished = True
+        finally:
+            state.active -= 1
+            if finished:
+                state.completed += 1
+            else:
+                state.unfinished += 1
+
+    async def health(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    return Starlette(
+        routes=[
+            Route(CHAT_PATH, chat, methods=["POST"]),
+            Route(LANDING_PATH, landing, methods=["GET"]),
+            Route("/", landing, methods=["GET"]),
+            Route("/__simulator__/health", health, methods=["GET"]),
+        ]
+    )
