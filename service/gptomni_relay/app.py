@@ -68,5 +68,7 @@ def create_app(settings: RelaySettings | None = None, tracer_provider: TracerPro
         rt: RelayRuntime = request.app.state.runtime
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics")
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
+    )
     return app

@@ -65,7 +65,11 @@ async def run(settings: RelaySettings) -> None:
         if settings.demo:
             from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
 
-            state = SimulatorState(default=Behaviour(token_delay=settings.demo_token_delay_seconds))
+            state = SimulatorState(default=Behaviour(
+                token_delay=settings.demo_token_delay_seconds,
+                first_byte_delay=settings.demo_first_byte_delay_seconds,
+                answer_words=settings.demo_answer_words,
+            ))
             simulator = await stack.enter_async_context(serve_app(build_simulator_app(state)))
             settings = settings.model_copy(update={
                 "upstream_url": simulator.url,

@@ -26,7 +26,10 @@ class RelaySettings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
     demo: bool = False
+    # Shape of the built-in simulator's answers in --demo mode (try latency, load).
     demo_token_delay_seconds: float = Field(0.03, ge=0)
+    demo_first_byte_delay_seconds: float = Field(0.0, ge=0)
+    demo_answer_words: int | None = Field(None, ge=1)
 
     upstream_url: str = "https://gptomni.ai"
 

@@ -1,19 +1,25 @@
 """Async streaming client for GPT-Omni.
 
-httpx streams the answer on the event loop; cloudscraper (see clearance.py) is asked
+aiohttp streams the answer on the event loop; cloudscraper (see clearance.py) is asked
 only when Cloudflare interposes a challenge. Timeouts are split the way an LLM stream
 needs: a deadline for the first byte and a separate idle limit between pieces.
+
+Why aiohttp and not httpx here: with hundreds of open upstream streams, httpcore's
+pool rescans every connection (a poll(2) each) whenever a response closes, which made
+relay CPU grow with the square of concurrency (docs/performance.md has the profile).
+aiohttp's connector does not, and kopf already depends on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from gptomni_relay.upstream.clearance import ClearanceSolver
 from gptomni_relay.upstream.errors import UpstreamError
@@ -57,15 +63,24 @@ class UpstreamClient:
         self.timeouts = timeouts or UpstreamTimeouts()
         self.solver = solver or ClearanceSolver(self.base_url)
         self._url = chat_url(self.base_url)
-        # read=None: the per-piece limits below are the real read timeouts.
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=self.timeouts.connect, read=None, write=30.0, pool=self.timeouts.connect),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            follow_redirects=False,
-        )
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created lazily: an aiohttp session belongs to the loop that first uses it.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=30),
+                # Total/read limits are enforced per piece below; aiohttp only bounds connecting.
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=None),
+                cookie_jar=aiohttp.DummyCookieJar(),  # cookies are per credential, never shared
+                auto_decompress=True,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
         self.solver.close()
 
     @asynccontextmanager
@@ -73,7 +88,8 @@ class UpstreamClient:
         """Open one answer stream; yields an iterator of text pieces.
 
         Raises UpstreamError before yielding when the upstream refuses, and from the
-        iterator when the stream breaks or stalls.
+        iterator when the stream breaks or stalls. Leaving the context early closes the
+        connection, which cancels the upstream request.
         """
         loop = asyncio.get_running_loop()
         first_byte_deadline = loop.time() + self.timeouts.first_byte
@@ -81,18 +97,16 @@ class UpstreamClient:
         for attempt in range(2):
             generation = self.solver.generation
             clearance = self.solver.current
-            request = self._http.build_request(
-                "POST",
-                self._url,
-                content=body,
-                headers=chat_headers(self.base_url, clearance.cookie_header(cookie), clearance.user_agent),
-            )
-            response = await self._send(request, first_byte_deadline)
-            if response.status_code == 200:
+            headers = chat_headers(self.base_url, clearance.cookie_header(cookie), clearance.user_agent)
+            response = await self._send(headers, body, first_byte_deadline)
+            if response.status == 200:
                 try:
                     yield self._pieces(response, first_byte_deadline)
                 finally:
-                    await response.aclose()
+                    if response.content.at_eof():
+                        response.release()
+                    else:
+                        response.close()
                 return
             error = await self._refusal(response, first_byte_deadline)
             if error.outcome is Outcome.CHALLENGE and attempt == 0 and await self.solver.refresh(generation):
@@ -111,55 +125,55 @@ class UpstreamClient:
             return CheckResult(Outcome.ERROR, _ms_since(started), "upstream returned an empty answer")
         return CheckResult(Outcome.OK, _ms_since(started), "answered")
 
-    async def _send(self, request: httpx.Request, deadline: float) -> httpx.Response:
+    async def _send(self, headers: dict[str, str], body: bytes, deadline: float) -> aiohttp.ClientResponse:
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._http.send(request, stream=True)
+                return await self._http().post(self._url, data=body, headers=headers, allow_redirects=False)
         except TimeoutError:
             raise UpstreamError(Outcome.TIMEOUT, "upstream did not answer in time") from None
-        except httpx.TimeoutException:
-            raise UpstreamError(Outcome.TIMEOUT, "upstream connection timed out") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamError(Outcome.ERROR, f"upstream connection failed ({type(exc).__name__})") from None
 
-    async def _refusal(self, response: httpx.Response, deadline: float) -> UpstreamError:
+    async def _refusal(self, response: aiohttp.ClientResponse, deadline: float) -> UpstreamError:
         head = b""
         try:
             async with asyncio.timeout_at(deadline):
-                async for chunk in response.aiter_bytes():
-                    head += chunk
-                    if len(head) >= _ERROR_BODY_PEEK:
-                        break
-        except (TimeoutError, httpx.HTTPError):
+                head = await response.content.read(_ERROR_BODY_PEEK)
+        except (TimeoutError, aiohttp.ClientError):
             pass
         finally:
-            await response.aclose()
-        outcome = classify_status(response.status_code, response.headers, head[:_ERROR_BODY_PEEK].decode("utf-8", "replace"))
+            response.close()
+        outcome = classify_status(response.status, response.headers, head.decode("utf-8", "replace"))
         return UpstreamError(
             outcome,
-            f"upstream answered HTTP {response.status_code} ({outcome.value})",
-            status=response.status_code,
+            f"upstream answered HTTP {response.status} ({outcome.value})",
+            status=response.status,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
 
-    async def _pieces(self, response: httpx.Response, first_byte_deadline: float) -> AsyncIterator[str]:
-        pieces = response.aiter_text()
+    async def _pieces(self, response: aiohttp.ClientResponse, first_byte_deadline: float) -> AsyncIterator[str]:
+        decoder = codecs.getincrementaldecoder(response.charset or "utf-8")(errors="replace")
+        content = response.content
         received_any = False
         while True:
             try:
                 if received_any:
                     async with asyncio.timeout(self.timeouts.idle):
-                        piece = await anext(pieces)
+                        data = await content.readany()
                 else:
                     async with asyncio.timeout_at(first_byte_deadline):
-                        piece = await anext(pieces)
-            except StopAsyncIteration:
-                return
+                        data = await content.readany()
             except TimeoutError:
                 what = "stalled mid-answer" if received_any else "sent no answer in time"
                 raise UpstreamError(Outcome.TIMEOUT, f"upstream {what}") from None
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientError as exc:
                 raise UpstreamError(Outcome.ERROR, f"upstream stream broke ({type(exc).__name__})") from None
+            if not data:  # end of body
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    yield tail
+                return
+            piece = decoder.decode(data)
             if piece:
                 received_any = True
                 yield piece

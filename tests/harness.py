@@ -1,0 +1,159 @@
+"""Real servers for tests: the simulator and the relay under uvicorn on 127.0.0.1.
+
+They run in an event loop on a background thread so that tests can use both the sync
+and the async OpenAI clients (a sync client in the servers' own loop would deadlock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from collections.abc import Coroutine
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import openai
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gptomni_relay.app import create_app
+from gptomni_relay.runtime import RelayRuntime
+from gptomni_relay.serving import RunningServer, serve_app
+from gptomni_relay.settings import RelaySettings
+from gptomni_relay.simulator import SimulatorState, build_simulator_app
+
+T = TypeVar("T")
+API_KEY = "sk-test-key"
+
+
+class BackgroundLoop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="servers", daemon=True)
+        self._thread.start()
+        self._stack = AsyncExitStack()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def enter(self, manager: AbstractAsyncContextManager[T]) -> T:
+        return self.run(self._stack.enter_async_context(manager))
+
+    def close(self) -> None:
+        try:
+            self.run(self._stack.aclose(), timeout=60)
+            self.run(_cancel_leftover_tasks(), timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+
+async def _cancel_leftover_tasks() -> None:
+    """Library housekeeping tasks (sse-starlette's shutdown watcher) outlive the servers."""
+    current = asyncio.current_task()
+    leftovers = [task for task in asyncio.all_tasks() if task is not current]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
+
+
+def write_pool_file(directory: Path, entries: list[dict[str, Any]]) -> None:
+    """Materialise a pool Secret the way kubelet does: a timestamped directory, an atomic
+    `..data` symlink swap, and `credentials.json -> ..data/credentials.json`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
+    version_dir = directory / stamp
+    version_dir.mkdir()
+    document = {"version": 1, "generatedAt": datetime.now(UTC).isoformat(), "credentials": entries}
+    (version_dir / "credentials.json").write_text(json.dumps(document))
+    write_data_link(directory, stamp)
+
+
+def write_raw_pool_file(directory: Path, raw: bytes) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
+    (directory / stamp).mkdir()
+    (directory / stamp / "credentials.json").write_bytes(raw)
+    write_data_link(directory, stamp)
+
+
+def write_data_link(directory: Path, target: str) -> None:
+    tmp_link = directory / "..data_tmp"
+    if tmp_link.is_symlink():
+        tmp_link.unlink()
+    os.symlink(target, tmp_link)
+    os.replace(tmp_link, directory / "..data")  # rename(2): atomic, as kubelet's AtomicWriter
+    link = directory / "credentials.json"
+    if not link.is_symlink():
+        os.symlink("..data/credentials.json", link)
+
+
+@dataclass
+class Harness:
+    servers: BackgroundLoop
+    sim: SimulatorState
+    sim_server: RunningServer
+    relay_server: RunningServer
+    runtime: RelayRuntime
+    spans: InMemorySpanExporter
+    api_key: str = API_KEY
+    _clients: list[Any] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.relay_server.url
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, **kwargs)
+        self._clients.append(client)
+        return client
+
+    def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, max_retries=0, **kwargs)
+
+    def http(self) -> httpx.Client:
+        client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=30)
+        self._clients.append(client)
+        return client
+
+    def metrics_text(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=10).text
+
+    def on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.servers.run(coro)
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+
+
+def start_harness(
+    servers: BackgroundLoop,
+    sim: SimulatorState | None = None,
+    cookies: list[str] | None = None,
+    **settings: Any,
+) -> Harness:
+    sim = sim or SimulatorState()
+    sim_server = servers.enter(serve_app(build_simulator_app(sim)))
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    options: dict[str, Any] = {
+        "upstream_url": sim_server.url,
+        "api_keys": [API_KEY],
+        "credentials": cookies if cookies is not None else ["session=alpha"],
+        "eject_probe_seconds": 0,
+        "log_format": "text",
+    }
+    options.update(settings)
+    app = create_app(RelaySettings(**options), tracer_provider=provider)
+    relay_server = servers.enter(serve_app(app, timeout_graceful_shutdown=5))
+    return Harness(servers, sim, sim_server, relay_server, app.state.runtime, spans)

@@ -1,0 +1,77 @@
+"""The relay as users run it: a separate `gptomni-relay` process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RelayProcess:
+    process: subprocess.Popen[str]
+    port: int
+    log: tempfile._TemporaryFileWrapper[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        """Everything the process logged so far (a file, not a pipe: a full pipe would stall it)."""
+        with open(self.log.name, encoding="utf-8") as handle:
+            return handle.read()
+
+
+def wait_ready(url: str, process: subprocess.Popen[str], log_path: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            with open(log_path, encoding="utf-8") as handle:
+                raise RuntimeError(f"relay exited early:\n{handle.read()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("relay did not start")
+
+
+@contextmanager
+def relay_process(*args: str, env: dict[str, str] | None = None) -> Iterator[RelayProcess]:
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTOMNI_", "OTEL_"))}
+    full_env.update(env or {})
+    log = tempfile.NamedTemporaryFile("w+", prefix="relay-", suffix=".log")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gptomni_relay", "--port", str(port), *args],
+        env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, log.name)
+        yield RelayProcess(process, port, log)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()

@@ -1,0 +1,115 @@
+"""The official OpenAI SDK against a real relay and simulator over loopback."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from gptomni_relay.simulator import Behaviour, SimulatorState
+from tests.harness import Harness
+
+HELLO = [{"role": "user", "content": "Hello relay"}]
+EXPECTED = "Hello from the GPT-Omni simulator! You said: Hello relay"
+
+
+def test_sync_stream_has_role_first_finish_last_and_done(make_relay) -> None:  # noqa: ANN001
+    relay = make_relay(sim=SimulatorState(default=Behaviour(token_delay=0.02)))
+    chunks = list(relay.client().chat.completions.create(model="gptomni", messages=HELLO, stream=True))
+
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "stop"
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == EXPECTED
+    assert len(chunks) == 10  # nine pieces as the upstream sent them, then the finish chunk
+
+
+def test_stream_wire_format_ends_with_done(relay: Harness) -> None:
+    with relay.http().stream("POST", "/v1/chat/completions",
+                             json={"model": "gptomni", "messages": HELLO, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+
+
+async def test_async_stream_with_usage_chunk(relay: Harness) -> None:
+    async with relay.async_client() as client:
+        stream = await client.chat.completions.create(
+            model="gptomni", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+    usage_chunk = chunks[-1]
+    assert usage_chunk.choices == []
+    assert usage_chunk.usage is not None
+    assert usage_chunk.usage.total_tokens == usage_chunk.usage.prompt_tokens + usage_chunk.usage.completion_tokens
+    assert usage_chunk.usage.completion_tokens > 0
+    assert chunks[-2].choices[0].finish_reason == "stop"
+
+
+def test_non_streaming_completion_with_usage(relay: Harness) -> None:
+    completion = relay.client().chat.completions.create(model="gptomni", messages=HELLO)
+
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content == EXPECTED
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+async def test_async_non_streaming(relay: Harness) -> None:
+    async with relay.async_client() as client:
+        completion = await client.chat.completions.create(model="gptomni", messages=HELLO)
+    assert completion.choices[0].message.content == EXPECTED
+
+
+def test_conversation_is_folded_into_one_prompt(relay: Harness) -> None:
+    relay.client().chat.completions.create(
+        model="gptomni",
+        messages=[
+            {"role": "system", "content": "Answer in French."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Bonjour !"},
+            {"role": "user", "content": [{"type": "text", "text": "Count"}, {"type": "text", "text": "to two"}]},
+        ],
+    )
+    received = relay.sim.received[-1]
+    assert received.prompt == (
+        "System: Answer in French.\n\nUser: Hi\n\nAssistant: Bonjour !\n\nUser: Count\nto two\n\nAssistant:"
+    )
+
+
+def test_upstream_request_has_the_web_chat_headers(relay: Harness) -> None:
+    relay.client().chat.completions.create(model="gptomni", messages=HELLO)
+    headers = relay.sim.received[-1].headers
+    assert headers["content-type"] == "text/plain;charset=UTF-8"
+    assert headers["origin"] == relay.sim_server.url
+    assert headers["referer"] == f"{relay.sim_server.url}/zh"
+    assert headers["cookie"] == "session=alpha"
+    assert relay.sim.received[-1].prompt == "Hello relay"
+
+
+def test_sampling_parameters_are_accepted_and_ignored(relay: Harness) -> None:
+    completion = relay.client().chat.completions.create(
+        model="gptomni", messages=HELLO, temperature=0.2, top_p=0.9, max_tokens=5, presence_penalty=0.1,
+        frequency_penalty=0.1, stop=["x"], seed=1, user="someone",
+    )
+    assert completion.choices[0].message.content == EXPECTED
+
+
+def test_models_list_and_retrieve(make_relay) -> None:  # noqa: ANN001
+    relay = make_relay(models=["gptomni", "gpt-4o"])
+    client = relay.client()
+    assert [m.id for m in client.models.list()] == ["gptomni", "gpt-4o"]
+    assert client.models.retrieve("gpt-4o").id == "gpt-4o"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("nope")
+    assert caught.value.body["code"] == "model_not_found"
+
+
+def test_health_and_readiness(relay: Harness) -> None:
+    http = relay.http()
+    assert http.get("/healthz").status_code == 200
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
