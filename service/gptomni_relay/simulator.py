@@ -133,10 +133,10 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
                 raise TypeError("prompt")
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"code": 400, "msg": "bad request"}, status_code=400)
+        state.received.append(ReceivedChat(session, prompt, dict(request.headers)))
         if not session or (state.accepted is not None and session not in state.accepted):
             return JSONResponse({"code": 401, "msg": "please log in"}, status_code=401)
         behaviour = state.behaviour_for(session)
-        state.received.append(ReceivedChat(session, prompt, dict(request.headers)))
         if behaviour.status is not None:
             headers = {"retry-after": str(behaviour.retry_after)} if behaviour.retry_after is not None else {}
             return JSONResponse({"code": behaviour.status, "msg": "refused"}, status_code=behaviour.status, headers=headers)
