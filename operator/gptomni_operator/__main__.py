@@ -1,0 +1,3 @@
+from gptomni_operator.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""Operator metrics, served on their own port (GPTOMNI_OPERATOR_METRICS_PORT)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+CHECK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
+
+
+class OperatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.checks = Counter("gptomni_operator_checks", "Cookie health checks by result", ["result"], registry=r)
+        self.check_duration = Histogram(
+            "gptomni_operator_check_duration_seconds", "Health-check latency", buckets=CHECK_BUCKETS, registry=r
+        )
+        self.healthy_credentials = Gauge(
+            "gptomni_operator_healthy_credentials", "Credentials written to each pool Secret", ["namespace", "secret"],
+            registry=r,
+        )
+        self.secret_writes = Counter(
+            "gptomni_operator_secret_writes", "Pool Secret syncs by result (created/updated/unchanged)", ["result"],
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "gptomni_operator_reconcile_errors", "Failures while checking or writing", ["stage"], registry=r
+        )
+        self.up = Gauge("gptomni_operator_up", "1 while the operator runs", registry=r)

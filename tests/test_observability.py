@@ -1,0 +1,127 @@
+"""Metrics and traces of a relay that served streamed, failed and failed-over requests."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gptomni_relay.simulator import Behaviour, SimulatorState
+from gptomni_relay.settings import DEMO_API_KEY
+from tests.harness import Harness
+from tests.processes import relay_process
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(scraped: dict, name: str, **labels: str) -> float:
+    return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def busy_relay(make_relay: Any) -> Harness:
+    """alpha is rejected (401), beta cuts every answer after two pieces, gamma is fine."""
+    sim = SimulatorState(accepted={"session=beta", "session=gamma"})
+    sim.set("session=beta", cut_after=2, token_delay=0.01)
+    relay = make_relay(sim=sim, cookies=["session=alpha", "session=beta", "session=gamma"])
+    return relay
+
+
+def test_scrape_counts_streams_failures_and_failovers(busy_relay: Harness) -> None:
+    relay = busy_relay
+    http = relay.http()
+    statuses = []
+    for _ in range(6):
+        with http.stream("POST", "/v1/chat/completions",
+                         json={"model": "gptomni", "messages": HELLO, "stream": True}) as response:
+            statuses.append((response.status_code, list(response.iter_lines())[-1]))
+    http.post("/v1/chat/completions", content=b"nope")
+    scraped = samples(relay.metrics_text())
+
+    ok = sum(1 for _, last in statuses if last == "")  # trailing blank after [DONE]
+    attempts = {o: value(scraped, "gptomni_upstream_attempts_total", credential=c, outcome=o)
+                for c, o in [("env/0", "unauthorized"), ("env/1", "error"), ("env/2", "ok")]}
+    assert attempts["unauthorized"] == 1  # alpha ejected on first use
+    assert value(scraped, "gptomni_failovers_total") == 1
+    cut = attempts["error"]
+    assert cut >= 1 and attempts["ok"] == 6 - cut
+    assert value(scraped, "gptomni_stream_interruptions_total", outcome="error") == cut
+    assert value(scraped, "gptomni_requests_total", model="gptomni", status="200", stream="true") == 6 - cut
+    assert value(scraped, "gptomni_requests_total", model="gptomni", status="502", stream="true") == cut
+    assert value(scraped, "gptomni_time_to_first_token_seconds_count", model="gptomni") == 6
+    assert value(scraped, "gptomni_request_duration_seconds_count", stream="true") == 6
+    assert value(scraped, "gptomni_active_streams") == 0
+    assert value(scraped, "gptomni_credential_state", credential="env/0", state="ejected") == 1
+    assert value(scraped, "gptomni_credential_state", credential="env/2", state="healthy") == 1
+    assert value(scraped, "gptomni_credential_in_flight", credential="env/2") == 0
+    assert value(scraped, "gptomni_completion_tokens_total", model="gptomni") > 0
+    assert ok >= 0
+
+
+def test_span_tree_for_stream_failover_and_error(busy_relay: Harness) -> None:
+    relay = busy_relay
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    http = relay.http()
+    # First request: alpha 401 -> failover; lands on beta or gamma.
+    with http.stream("POST", "/v1/chat/completions", headers=headers,
+                     json={"model": "gptomni", "messages": HELLO, "stream": True}) as response:
+        list(response.iter_lines())
+
+    server = wait_for_spans(relay, "POST /v1/chat/completions")
+    spans = [s for s in relay.spans.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
+    attempts = sorted((s for s in spans if s.name == "gptomni.upstream"), key=lambda s: s.attributes["gptomni.attempt"])
+    assert len(server) == 1
+    assert server[0].parent is not None and format(server[0].parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert [a.attributes["gptomni.attempt"] for a in attempts] == [1, 2]
+    assert all(a.parent.span_id == server[0].context.span_id for a in attempts)
+    assert attempts[0].attributes["gptomni.credential_id"] == "env/0"
+    assert attempts[0].attributes["gptomni.outcome"] == "unauthorized"
+    assert attempts[0].status.status_code.name == "ERROR"
+    assert attempts[1].attributes["gptomni.outcome"] in ("ok", "error")
+    assert attempts[1].attributes["gptomni.ttft_ms"] >= 0
+    assert not any("cookie" in str(a.attributes).lower() for a in attempts)
+
+    relay.spans.clear()
+    http.post("/v1/chat/completions", json={"model": "nope", "messages": HELLO})
+    [error_span] = wait_for_spans(relay, "POST /v1/chat/completions")
+    assert error_span.attributes["http.status_code"] == 404
+    assert not [s for s in relay.spans.get_finished_spans() if s.name == "gptomni.upstream"]
+
+
+def wait_for_spans(relay: Harness, name: str) -> list[Any]:
+    """The server span ends just after the client has read the last byte."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = [s for s in relay.spans.get_finished_spans() if s.name == name]
+        if found:
+            return found
+        time.sleep(0.02)
+    return []
+
+
+def test_json_logs_carry_the_trace_id() -> None:
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    with relay_process("--demo", env={"GPTOMNI_DEMO_TOKEN_DELAY_SECONDS": "0"}) as relay:
+        response = httpx.post(
+            f"{relay.url}/v1/chat/completions",
+            json={"model": "gptomni", "messages": HELLO},
+            headers={"Authorization": f"Bearer {DEMO_API_KEY}", "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
+        )
+        assert response.status_code == 200
+        lines = [json.loads(line) for line in relay.output().splitlines() if line.startswith("{")]
+    finished = [line for line in lines if line.get("message") == "chat completion finished"]
+    assert finished and finished[0]["trace_id"] == trace_id
+    assert finished[0]["level"] == "INFO" and finished[0]["status"] == "200"
