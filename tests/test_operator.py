@@ -136,12 +136,12 @@ async def test_restarted_operator_keeps_the_pool_unchanged(kmock: Any) -> None:
     # A fresh operator on the same API: state is rebuilt from CR statuses and Secrets.
     async with operator_env(kmock) as env:
         await eventually(lambda: _checked_twice(env, 2))
+        metrics = await eventually(lambda: _metrics_with(env, 'gptomni_operator_secret_writes_total{result="unchanged"} 2.0'))
         pool = await env.pool()
         assert {e["id"]: e["cookie"] for e in pool["document"]["credentials"]} == expected
         assert pool["secret"]["metadata"]["annotations"]["gptomni.io/content-hash"] == before
-        metrics = await env.metrics()
-        assert 'gptomni_operator_secret_writes_total{result="unchanged"}' in metrics
         assert 'gptomni_operator_secret_writes_total{result="updated"}' not in metrics
+        assert 'gptomni_operator_secret_writes_total{result="created"}' not in metrics
         assert 'result="created"' in writes_before
 
 
