@@ -1,0 +1,106 @@
+{{- define "gptomni.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "gptomni.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gptomni.relay.fullname" -}}{{ include "gptomni.fullname" . | trunc 57 | trimSuffix "-" }}-relay{{- end -}}
+{{- define "gptomni.operator.fullname" -}}{{ include "gptomni.fullname" . | trunc 54 | trimSuffix "-" }}-operator{{- end -}}
+
+{{- define "gptomni.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "gptomni.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gptomni
+{{- end -}}
+
+{{- define "gptomni.relay.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gptomni.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: relay
+{{- end -}}
+
+{{- define "gptomni.operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gptomni.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "gptomni.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{- define "gptomni.relay.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}{{ include "gptomni.relay.fullname" . }}{{- else -}}default{{- end -}}
+{{- end -}}
+
+{{- define "gptomni.operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}{{ include "gptomni.operator.fullname" . }}{{- else -}}default{{- end -}}
+{{- end -}}
+
+{{- define "gptomni.apiKeysSecret" -}}
+{{- if .Values.relay.apiKeys.existingSecret -}}{{ .Values.relay.apiKeys.existingSecret }}{{- else -}}{{ include "gptomni.relay.fullname" . }}-api-keys{{- end -}}
+{{- end -}}
+
+{{- /* Paths inside the relay container; the pool path is what GPTOMNI_CREDENTIALS_FILE names. */ -}}
+{{- define "gptomni.poolMountPath" -}}/var/run/gptomni/pool{{- end -}}
+{{- define "gptomni.apiKeysMountPath" -}}/var/run/gptomni/api-keys{{- end -}}
+
+{{- define "gptomni.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "gptomni.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "gptomni.operator.namespacedRules" -}}
+- apiGroups: [gptomni.io]
+  resources: [gptomnicredentials]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [gptomni.io]
+  resources: [gptomnicredentials/status]
+  verbs: [get, patch, update]
+# Reads the cookie Secrets the credentials reference; writes the pool Secrets.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch, update]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.operator.peering.enabled }}
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end }}
+{{- end -}}

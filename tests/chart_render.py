@@ -1,0 +1,62 @@
+"""Render the Helm chart with Helm's own engine (helm-python-sdk), as `helm template` would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "gptomni"
+KUBE_VERSION = "1.31.0"
+
+
+def render(values: dict[str, Any] | None = None, namespace: str = "llm") -> list[dict[str, Any]]:
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(values or {})
+        rendered = chart.render(values or {}, name="gptomni", namespace=namespace, is_install=True)
+    documents: list[dict[str, Any]] = []
+    for path, text in sorted(rendered.items()):
+        if not path.endswith(".yaml"):
+            continue
+        documents.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return documents
+
+
+def notes(values: dict[str, Any] | None = None) -> str:
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values or {}, name="gptomni", namespace="llm", is_install=True)
+    return rendered["gptomni/templates/NOTES.txt"]
+
+
+def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in documents if doc["kind"] == kind]
+
+
+def one(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [found] = [doc for doc in documents if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    return found
+
+
+FULL = {
+    "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                "grafanaDashboard": {"enabled": True}},
+    "ingress": {"enabled": True, "tls": {"enabled": True}},
+    "relay": {"autoscaling": {"enabled": True}},
+    "networkPolicy": {"enabled": True},
+    "operator": {"peering": {"enabled": True}, "replicas": 2},
+}
+
+# Every provider and toggle: what the lint, validation and checkov tests run over.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "ingress-nginx-f5": {"ingress": {"enabled": True, "provider": "nginx"}},
+    "ingress-community": {"ingress": {"enabled": True, "provider": "ingress-nginx", "className": "nginx"}},
+    "gateway": {"ingress": {"enabled": True, "provider": "gateway"}},
+    "everything": FULL,
+    "namespaced-operator": {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
+    "no-operator-existing-keys": {"operator": {"enabled": False}, "relay": {"apiKeys": {"existingSecret": "my-keys"}}},
+    "digest-pinned": {"image": {"digest": "sha256:" + "a" * 64}, "networkPolicy": {"enabled": True}},
+}
