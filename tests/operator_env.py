@@ -126,8 +126,12 @@ class OperatorEnv:
         return list((body or {}).get("items") or [])
 
     async def metrics(self) -> str:
-        async with self.http.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as response:
-            return await response.text()
+        """The operator's scrape; empty until its metrics server is up."""
+        try:
+            async with self.http.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as response:
+                return await response.text()
+        except aiohttp.ClientConnectionError:
+            return ""
 
 
 async def eventually(probe: Callable[[], Any], timeout: float = 10.0) -> Any:

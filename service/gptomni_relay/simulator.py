@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import secrets
 from collections import deque
@@ -68,12 +69,21 @@ class SimulatorState:
     challenge: Literal["off", "solvable", "blocked"] = "off"
     clearance_token: str = field(default_factory=lambda: secrets.token_hex(16))
     received: deque[ReceivedChat] = field(default_factory=lambda: deque(maxlen=10_000))
+    # Chaos: each request draws one of these (probability, behaviour) pairs, else behaves
+    # normally. Seeded, so a failing run can be replayed.
+    faults: list[tuple[float, Behaviour]] = field(default_factory=list)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
     active: int = 0
     completed: int = 0
     unfinished: int = 0
     landing_hits: int = 0
 
     def behaviour_for(self, session: str) -> Behaviour:
+        draw = self.rng.random() if self.faults else 1.0
+        for probability, behaviour in self.faults:
+            if draw < probability:
+                return behaviour
+            draw -= probability
         return self.behaviours.get(session, self.default)
 
     def set(self, session: str, **changes: object) -> Behaviour:
