@@ -1,0 +1,294 @@
+"""Relay benchmark: overhead, capacity, throughput and memory, against a naive baseline.
+
+Starts three processes on 127.0.0.1 — the GPT-Omni simulator, the relay, and the naive
+seed-style relay — then drives them from this process with aiohttp. Every load loop is
+bounded in count and time. Prints a table and writes JSON (bench/results/).
+
+    .venv/bin/python bench/relay_bench.py            # full run, a few minutes
+    .venv/bin/python bench/relay_bench.py --quick    # smaller, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+KEY = "sk-bench-key-0123456789"
+PROMPT = {"model": "gptomni", "messages": [{"role": "user", "content": "bench"}]}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str] | None = None, ready_url: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while ready_url:
+            try:
+                import urllib.request
+
+                urllib.request.urlopen(ready_url, timeout=1)
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{args[:3]} did not start")
+                time.sleep(0.1)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Timing:
+    ttfb: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    errors: int = 0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def stream_once(http: aiohttp.ClientSession, url: str, direct: bool, timing: Timing) -> None:
+    started = time.perf_counter()
+    try:
+        if direct:
+            request = http.post(f"{url}/api/chatWithText", data=b'{"prompt":"bench"}',
+                                headers={"Content-Type": "text/plain;charset=UTF-8", "Cookie": "session=bench"})
+        else:
+            request = http.post(f"{url}/v1/chat/completions", json={**PROMPT, "stream": True},
+                                headers={"Authorization": f"Bearer {KEY}"})
+        async with request as response:
+            if response.status != 200:
+                timing.errors += 1
+                return
+            first = True
+            async for chunk in response.content.iter_any():
+                if first and (direct or b'"content"' in chunk):
+                    timing.ttfb.append(time.perf_counter() - started)
+                    first = False
+        timing.total.append(time.perf_counter() - started)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        timing.errors += 1
+
+
+async def wave(url: str, direct: bool, concurrency: int, rounds: int, budget: float) -> Timing:
+    timing = Timing()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=budget)) as http:
+        deadline = time.monotonic() + budget
+        for _ in range(rounds):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.wait_for(asyncio.gather(*(stream_once(http, url, direct, timing) for _ in range(concurrency))),
+                                   timeout=budget)
+    return timing
+
+
+async def throughput(url: str, direct: bool, total: int, concurrency: int, budget: float) -> float:
+    done = 0
+    semaphore = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def one() -> None:
+            nonlocal done
+            async with semaphore:
+                if direct:
+                    request = http.post(f"{url}/api/chatWithText", data=b'{"prompt":"q"}',
+                                        headers={"Content-Type": "text/plain", "Cookie": "session=bench"})
+                else:
+                    request = http.post(f"{url}/v1/chat/completions", json=PROMPT,
+                                        headers={"Authorization": f"Bearer {KEY}"})
+                async with request as response:
+                    await response.read()
+                    done += response.status == 200
+
+        started = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(total))), timeout=budget)
+        return done / (time.perf_counter() - started)
+
+
+def relay_env(sim_url: str) -> dict[str, str]:
+    return {
+        "GPTOMNI_UPSTREAM_URL": sim_url,
+        "GPTOMNI_API_KEYS": KEY,
+        "GPTOMNI_CREDENTIALS": json.dumps([f"session={i}" for i in range(4)]),
+        "GPTOMNI_DEFAULT_MAX_CONCURRENCY": "5000",
+        "GPTOMNI_LOG_LEVEL": "WARNING",
+        "GPTOMNI_EJECT_PROBE_SECONDS": "0",
+    }
+
+
+@contextmanager
+def stack(first_byte: float, token_delay: float, words: int, naive: bool = False) -> Iterator[dict[str, Any]]:
+    sim_port, relay_port, naive_port = free_port(), free_port(), free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    with process([sys.executable, str(HERE / "run_simulator.py"), "--port", str(sim_port), "--first-byte-delay",
+                  str(first_byte), "--token-delay", str(token_delay), "--answer-words", str(words)],
+                 ready_url=f"{sim_url}/__simulator__/health"):
+        with process(["gptomni-relay" if not sys.executable else sys.executable, "-m", "gptomni_relay", "--host",
+                      "127.0.0.1", "--port", str(relay_port)], env=relay_env(sim_url),
+                     ready_url=f"http://127.0.0.1:{relay_port}/healthz") as relay:
+            info: dict[str, Any] = {"sim": sim_url, "relay": f"http://127.0.0.1:{relay_port}", "relay_pid": relay.pid}
+            if not naive:
+                yield info
+                return
+            with process([sys.executable, str(HERE / "naive_relay.py"), "--port", str(naive_port), "--upstream", sim_url],
+                         ready_url=f"http://127.0.0.1:{naive_port}/docs"):
+                info["naive"] = f"http://127.0.0.1:{naive_port}"
+                yield info
+
+
+def summarise(direct: Timing, relayed: Timing) -> dict[str, float]:
+    return {
+        "direct_ttfb_p50_ms": pct(direct.ttfb, 0.5) * 1000, "direct_ttfb_p99_ms": pct(direct.ttfb, 0.99) * 1000,
+        "relay_ttfb_p50_ms": pct(relayed.ttfb, 0.5) * 1000, "relay_ttfb_p99_ms": pct(relayed.ttfb, 0.99) * 1000,
+        "overhead_ttfb_p50_ms": (pct(relayed.ttfb, 0.5) - pct(direct.ttfb, 0.5)) * 1000,
+        "overhead_ttfb_p99_ms": (pct(relayed.ttfb, 0.99) - pct(direct.ttfb, 0.99)) * 1000,
+        "overhead_total_p50_ms": (pct(relayed.total, 0.5) - pct(direct.total, 0.5)) * 1000,
+        "overhead_total_p99_ms": (pct(relayed.total, 0.99) - pct(direct.total, 0.99)) * 1000,
+        "samples": len(relayed.total), "errors": direct.errors + relayed.errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "relay_bench.json")
+    args = parser.parse_args()
+    levels = [1, 100] if args.quick else [1, 100, 500]
+    capacity_levels = [500] if args.quick else [500, 1000, 1500, 2000]
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                           "platform": platform.platform()}}
+    # Streams: 50 ms to the first byte, then 20 pieces 20 ms apart (~0.45 s each).
+    with stack(0.05, 0.02, 20, naive=True) as s:
+        overhead = {}
+        for c in levels:
+            rounds = 20 if c == 1 else 3
+            direct = asyncio.run(wave(s["sim"], True, c, rounds, 120))
+            relayed = asyncio.run(wave(s["relay"], False, c, rounds, 120))
+            overhead[c] = summarise(direct, relayed)
+        results["overhead"] = overhead
+        naive = asyncio.run(wave(s["naive"], False, 100, 1, 120))
+        relayed = asyncio.run(wave(s["relay"], False, 100, 1, 120))
+        results["naive_vs_relay_100_streams"] = {
+            "naive_total_p50_ms": pct(naive.total, 0.5) * 1000, "naive_total_p99_ms": pct(naive.total, 0.99) * 1000,
+            "relay_total_p50_ms": pct(relayed.total, 0.5) * 1000, "relay_total_p99_ms": pct(relayed.total, 0.99) * 1000,
+            "naive_errors": naive.errors,
+        }
+        capacity = {}
+        for c in capacity_levels:
+            direct = asyncio.run(wave(s["sim"], True, c, 1, 120))
+            relayed = asyncio.run(wave(s["relay"], False, c, 1, 120))
+            capacity[c] = summarise(direct, relayed)
+            if capacity[c]["overhead_ttfb_p99_ms"] > 50 or capacity[c]["errors"]:
+                break
+        results["capacity"] = capacity
+        results["max_streams_p99_overhead_under_50ms"] = max(
+            (c for c, r in capacity.items() if r["overhead_ttfb_p99_ms"] < 50 and not r["errors"]), default=0)
+    # Short non-streamed answers: requests per second.
+    with stack(0.0, 0.0, 3) as s:
+        total = 1000 if args.quick else 3000
+        results["rps_short_non_streamed"] = {
+            "direct": asyncio.run(throughput(s["sim"], True, total, 64, 120)),
+            "relay": asyncio.run(throughput(s["relay"], False, total, 64, 120)),
+        }
+    # Memory: hold N streams open (1 s between pieces) and read the relay's RSS.
+    with stack(0.0, 1.0, 30) as s:
+        n = 200 if args.quick else 500
+
+        async def hold() -> dict[str, float]:
+            idle = rss_kb(s["relay_pid"])
+            # Warm the allocator and imports with a first small wave.
+            await wave(s["relay"], False, 5, 1, 60) if False else None
+            opened = asyncio.Event()
+            counter = 0
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+                async def one() -> None:
+                    nonlocal counter
+                    async with http.post(f"{s['relay']}/v1/chat/completions", json={**PROMPT, "stream": True},
+                                         headers={"Authorization": f"Bearer {KEY}"}) as response:
+                        await response.content.readany()
+                        counter += 1
+                        if counter == n:
+                            opened.set()
+                        await asyncio.sleep(3)
+
+                tasks = [asyncio.create_task(one()) for _ in range(n)]
+                await asyncio.wait_for(opened.wait(), 60)
+                await asyncio.sleep(0.5)
+                busy = rss_kb(s["relay_pid"])
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            return {"streams": n, "rss_idle_kb": idle, "rss_open_kb": busy, "kb_per_stream": (busy - idle) / n}
+
+        results["memory"] = asyncio.run(hold())
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=float))
+    print(f"\nJSON written to {args.out}")
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\nmachine: {results['machine']}")
+    print("\nrelay overhead (relay minus direct-to-simulator), milliseconds")
+    print(f"{'streams':>8} {'TTFB p50':>10} {'TTFB p99':>10} {'total p50':>10} {'total p99':>10} {'samples':>8} {'errors':>7}")
+    for c, r in results["overhead"].items():
+        print(f"{c:>8} {r['overhead_ttfb_p50_ms']:>10.2f} {r['overhead_ttfb_p99_ms']:>10.2f} "
+              f"{r['overhead_total_p50_ms']:>10.2f} {r['overhead_total_p99_ms']:>10.2f} {r['samples']:>8} {r['errors']:>7}")
+    print("\ncapacity: concurrent streams, p99 TTFB overhead (ms)")
+    for c, r in results["capacity"].items():
+        print(f"{c:>8} {r['overhead_ttfb_p99_ms']:>10.2f}  errors={r['errors']}")
+    print(f"max streams with p99 overhead < 50 ms: {results['max_streams_p99_overhead_under_50ms']}")
+    n = results["naive_vs_relay_100_streams"]
+    print("\n100 concurrent streams, total time per stream (ms)   p50      p99")
+    print(f"  naive (blocking call in async handler)        {n['naive_total_p50_ms']:>8.0f} {n['naive_total_p99_ms']:>8.0f}")
+    print(f"  gptomni relay                                 {n['relay_total_p50_ms']:>8.0f} {n['relay_total_p99_ms']:>8.0f}")
+    print(f"  ratio p99 naive/relay: {n['naive_total_p99_ms'] / n['relay_total_p99_ms']:.1f}x")
+    rps = results["rps_short_non_streamed"]
+    print(f"\nshort non-streamed answers: relay {rps['relay']:.0f} req/s, simulator alone {rps['direct']:.0f} req/s")
+    m = results["memory"]
+    print(f"memory: {m['streams']} open streams, RSS {m['rss_idle_kb'] / 1024:.1f} -> {m['rss_open_kb'] / 1024:.1f} MiB, "
+          f"{m['kb_per_stream']:.1f} KB per stream")
+
+
+if __name__ == "__main__":
+    main()
