@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gptomni_relay.settings import split_comma_list
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GPTOMNI_OPERATOR_", extra="ignore", populate_by_name=True)
@@ -32,9 +34,7 @@ class OperatorSettings(BaseSettings):
     @field_validator("namespaces", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+        return split_comma_list(value)
 
     @field_validator("upstream_url")
     @classmethod

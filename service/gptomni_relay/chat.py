@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
+from starlette.requests import ClientDisconnect
 
 from gptomni_relay.answer import OpenAnswer, upstream_error
 from gptomni_relay.auth import require_api_key
@@ -42,10 +43,14 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"Request body is larger than the {limit}-byte limit.", code="request_too_large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise APIError(413, f"Request body is larger than the {limit}-byte limit.", code="request_too_large")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise APIError(413, f"Request body is larger than the {limit}-byte limit.", code="request_too_large")
+    except ClientDisconnect:
+        # Nobody will read the answer; say so in the logs and metrics, not as a crash.
+        raise APIError(400, "The client disconnected while sending the request body.", code="client_disconnected") from None
     return bytes(body)
 
 

@@ -14,7 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEMO_API_KEY = "sk-gptomni-demo"
 
 
-def _split_comma_list(value: object) -> object:
+def split_comma_list(value: object) -> object:
+    """`"a, b,,c"` -> `["a", "b", "c"]`; other values pass through for pydantic to check."""
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
@@ -68,7 +69,7 @@ class RelaySettings(BaseSettings):
     @field_validator("api_keys", "models", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
-        return _split_comma_list(value)
+        return split_comma_list(value)
 
     @field_validator("upstream_url")
     @classmethod
