@@ -213,3 +213,24 @@ def test_cookies_never_reach_logs_metrics_traces_or_errors(make_relay: Any, tmp_
     exported += "\n".join(record.getMessage() + repr(record.__dict__) for record in caplog.records)
     assert "upstream attempt failed" in exported  # the failures were really logged
     assert "SECRET" not in exported
+
+
+def test_ejected_cookie_returns_after_a_successful_probe(make_relay: Any) -> None:
+    sim = SimulatorState(accepted=set())
+    relay = make_relay(sim=sim, cookies=["session=alpha"], eject_probe_seconds=0.2)
+    assert relay.http().post("/v1/chat/completions", json={"model": "gptomni", "messages": HELLO}).status_code == 503
+    assert ids(relay) == {"env/0": "ejected"}
+    sim.accepted = {"session=alpha"}  # the account was fixed upstream
+    wait_until(lambda: ids(relay) == {"env/0": "healthy"}, timeout=5)
+    assert relay.http().post("/v1/chat/completions", json={"model": "gptomni", "messages": HELLO}).status_code == 200
+
+
+def test_api_keys_from_a_mounted_file(make_relay: Any, tmp_path: Path) -> None:
+    keys = tmp_path / "api-keys"
+    keys.write_text("sk-from-file-one\nsk-from-file-two\n")
+    relay = make_relay(api_keys=[], api_keys_file=keys)
+    for key in ("sk-from-file-one", "sk-from-file-two"):
+        response = httpx.post(f"{relay.url}/v1/chat/completions", json={"model": "gptomni", "messages": HELLO},
+                              headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200
+    assert httpx.get(f"{relay.url}/v1/models", headers={"Authorization": "Bearer sk-test-key"}).status_code == 401

@@ -222,3 +222,22 @@ async def _relay_uses(relay: Any, cookie: str) -> bool:
         relay.http().post, "/v1/chat/completions", json={"model": "gptomni", "messages": [{"role": "user", "content": "hi"}]}
     )
     return relay.sim.received[-1].session == cookie
+
+
+async def test_a_secret_not_managed_by_the_operator_is_never_overwritten(kmock: Any) -> None:
+    async with operator_env(kmock) as env:
+        await env.put_cookie_secret("gptomni-credentials", "someone else's data", key="credentials.json")
+        await env.put_cookie_secret("nia-cookie", "session=nia")
+        await env.create_credential("nia", "nia-cookie")
+        body = await eventually(lambda: _ready_reason(env, "nia", "TargetSecretConflict"))
+        assert healthy_condition(body)["status"] == "True"  # the cookie itself is fine
+        status, secret = await env.request("GET", f"{SECRETS_PATH}/gptomni-credentials")
+        assert base64.b64decode(secret["data"]["credentials.json"]) == b"someone else's data"
+
+
+async def _ready_reason(env: Any, name: str, reason: str) -> dict[str, Any] | None:
+    body = await env.credential(name)
+    for item in ((body or {}).get("status") or {}).get("conditions") or []:
+        if item["type"] == "Ready" and item["reason"] == reason:
+            return body
+    return None
