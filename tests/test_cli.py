@@ -70,7 +70,7 @@ def test_200_concurrent_streams_through_one_process() -> None:
         single, elapsed, answers = asyncio.run(measure())
     assert len(answers) == STREAMS and set(answers) == {answers[0]} and answers[0].endswith("answer back.")
     # Serialised handling (a blocking call, a small thread pool) would need ~STREAMS x single.
-    assert elapsed < single * 2, f"{STREAMS} streams took {elapsed:.2f}s; one stream takes {single:.2f}s"
+    assert elapsed < single * 2.5, f"{STREAMS} streams took {elapsed:.2f}s; one stream takes {single:.2f}s"
 
 
 def test_sigterm_drains_open_streams() -> None:

@@ -241,3 +241,47 @@ async def _ready_reason(env: Any, name: str, reason: str) -> dict[str, Any] | No
         if item["type"] == "Ready" and item["reason"] == reason:
             return body
     return None
+
+
+async def test_operator_process_as_deployed(kmock: Any) -> None:
+    """`gptomni-operator` as the chart runs it: a real process, its metrics and liveness ports."""
+    import os
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from gptomni_relay.serving import serve_app
+    from gptomni_relay.simulator import build_simulator_app
+    from tests.operator_env import OperatorEnv, declare_resources
+    from tests.processes import free_port
+
+    declare_resources(kmock)
+    sim = SimulatorState()
+    metrics_port, liveness_port = free_port(), free_port()
+    async with serve_app(build_simulator_app(sim)) as sim_server, aiohttp.ClientSession() as http:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("GPTOMNI_")},
+               "GPTOMNI_UPSTREAM_URL": sim_server.url, "GPTOMNI_OPERATOR_KUBE_SERVER": str(kmock.url).rstrip("/")}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gptomni_operator", "--all-namespaces", f"--metrics-port={metrics_port}",
+             f"--liveness=http://127.0.0.1:{liveness_port}/healthz"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            client = OperatorEnv(kmock, http, sim, sim_server, None, metrics_port)  # type: ignore[arg-type]
+            await client.put_cookie_secret("ola-cookie", "session=ola")
+            await client.create_credential("ola", "ola-cookie")
+            await eventually(lambda: _pool_is(client, {f"{NS}/ola": "session=ola"}), timeout=30)
+            assert "gptomni_operator_up 1.0" in await eventually(client.metrics)
+
+            async def alive() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{liveness_port}/healthz") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            assert await eventually(alive)
+        finally:
+            process.terminate()
+            assert await asyncio.to_thread(process.wait, 30) == 0
