@@ -17,14 +17,14 @@ import os
 import platform
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
 
@@ -54,7 +54,7 @@ def process(args: list[str], env: dict[str, str] | None = None, ready_url: str |
                 break
             except Exception:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{args[:3]} did not start")
+                    raise RuntimeError(f"{args[:3]} did not start") from None
                 time.sleep(0.1)
         yield proc
     finally:
@@ -105,7 +105,7 @@ async def stream_once(http: aiohttp.ClientSession, url: str, direct: bool, timin
                     timing.ttfb.append(time.perf_counter() - started)
                     first = False
         timing.total.append(time.perf_counter() - started)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         timing.errors += 1
 
 

@@ -19,15 +19,14 @@ from typing import Any, TypeVar
 
 import httpx
 import openai
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from gptomni_relay.app import create_app
 from gptomni_relay.runtime import RelayRuntime
 from gptomni_relay.serving import RunningServer, serve_app
 from gptomni_relay.settings import RelaySettings
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 T = TypeVar("T")
 API_KEY = "sk-test-key"

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import openai
-
 from gptomni_relay.simulator import Behaviour, SimulatorState
 
 HELLO = [{"role": "user", "content": "Hello"}]

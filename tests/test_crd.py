@@ -9,7 +9,6 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-
 from gptomni_operator.spec import CredentialSpec, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent

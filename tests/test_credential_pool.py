@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-
 from gptomni_relay.simulator import Behaviour, SimulatorState
+
 from tests.harness import Harness, write_pool_file, write_raw_pool_file
 
 HELLO = [{"role": "user", "content": "Hello"}]

@@ -6,10 +6,9 @@ import asyncio
 import time
 
 import httpx
-
 from gptomni_relay.simulator import Behaviour, SimulatorState
-from tests.harness import Harness
 
+from tests.harness import Harness
 
 
 async def test_client_disconnect_cancels_the_upstream_request(make_relay) -> None:  # noqa: ANN001

@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-
 from gptomni_relay.simulator import Behaviour, SimulatorState
+
 from tests.harness import Harness
 
 HELLO = [{"role": "user", "content": "Hello"}]

@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from gptomni_relay.simulator import Behaviour, SimulatedCut, SimulatorState
+
 from tests.harness import Harness, write_pool_file
 
 ALLOWED_ERRORS = {429, 502, 503, 504}

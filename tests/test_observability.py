@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
+from gptomni_relay.settings import DEMO_API_KEY
+from gptomni_relay.simulator import SimulatorState
 from prometheus_client.parser import text_string_to_metric_families
 
-from gptomni_relay.simulator import Behaviour, SimulatorState
-from gptomni_relay.settings import DEMO_API_KEY
 from tests.harness import Harness
 from tests.processes import relay_process
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-
 from gptomni_relay.simulator import Behaviour, SimulatorState
+
 from tests.harness import Harness
 
 HELLO = [{"role": "user", "content": "Hello relay"}]

@@ -7,8 +7,8 @@ import base64
 from typing import Any
 
 import pytest
-
 from gptomni_relay.simulator import SimulatorState
+
 from tests.operator_env import (
     CR_PATH,
     NS,
@@ -250,9 +250,9 @@ async def test_operator_process_as_deployed(kmock: Any) -> None:
     import sys
 
     import aiohttp
-
     from gptomni_relay.serving import serve_app
     from gptomni_relay.simulator import build_simulator_app
+
     from tests.operator_env import OperatorEnv, declare_resources
     from tests.processes import free_port
 

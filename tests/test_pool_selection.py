@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
-from gptomni_relay.pool import AllBusy, AllCoolingDown, Credential, CredentialPool, Health, NoCredentials
+from gptomni_relay.pool import (
+    AllBusy,
+    AllCoolingDown,
+    Credential,
+    CredentialPool,
+    Health,
+    NoCredentials,
+)
 from gptomni_relay.upstream import Outcome
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from gptomni_relay.errors import APIError
 from gptomni_relay.prompt import fold_conversation
 from gptomni_relay.schemas import ChatMessage

@@ -7,12 +7,12 @@ import asyncio
 import sys
 
 import kopf
+from gptomni_relay.logging_setup import configure_logging
 from pydantic import ValidationError
 
 from gptomni_operator.handlers import register
 from gptomni_operator.settings import OperatorSettings
 from gptomni_operator.state import OperatorState
-from gptomni_relay.logging_setup import configure_logging
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import kopf
+from gptomni_relay.upstream import UpstreamClient
 from prometheus_client import start_http_server
 
 from gptomni_operator import FINALIZER, GROUP, PLURAL, VERSION
@@ -21,7 +22,6 @@ from gptomni_operator.pool_secret import PoolSecretWriter
 from gptomni_operator.reconcile import check_and_sync, cookie_digest
 from gptomni_operator.spec import CredentialSpec
 from gptomni_operator.state import OperatorState
-from gptomni_relay.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
 

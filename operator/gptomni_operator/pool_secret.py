@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gptomni_relay.pool_file import SECRET_KEY, PoolDocument, PoolEntry
 from kubernetes_asyncio import client
 
 from gptomni_operator import CONTENT_HASH_ANNOTATION, MANAGED_BY
@@ -24,7 +25,6 @@ from gptomni_operator.kube import CookieUnavailable, KubeApi
 from gptomni_operator.metrics import OperatorMetrics
 from gptomni_operator.spec import CredentialSpec
 from gptomni_operator.verdict import was_healthy
-from gptomni_relay.pool_file import SECRET_KEY, PoolDocument, PoolEntry
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from gptomni_relay.upstream import Outcome
 
 from gptomni_operator.kube import CookieUnavailable
 from gptomni_operator.pool_secret import TargetConflict
@@ -24,7 +25,6 @@ from gptomni_operator.verdict import (
     secret_problem,
     verdict_from_check,
 )
-from gptomni_relay.upstream import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from gptomni_relay.settings import split_comma_list
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from gptomni_relay.settings import split_comma_list
 
 
 class OperatorSettings(BaseSettings):

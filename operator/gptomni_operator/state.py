@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gptomni_relay.upstream import UpstreamClient
+
 from gptomni_operator.kube import KubeApi
 from gptomni_operator.metrics import OperatorMetrics
 from gptomni_operator.pool_secret import PoolSecretWriter
 from gptomni_operator.settings import OperatorSettings
-from gptomni_relay.upstream import UpstreamClient
 
 
 @dataclass
