@@ -153,3 +153,14 @@ def test_stalled_stream_times_out_mid_answer(make_relay) -> None:  # noqa: ANN00
                              json={"model": "gptomni", "messages": HELLO, "stream": True}) as response:
         events = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert '"upstream_timeout"' in events[-1]
+
+
+def test_unreachable_upstream_is_502_after_failover(make_relay) -> None:  # noqa: ANN001
+    from tests.processes import free_port
+
+    relay = make_relay(cookies=["session=a", "session=b"], upstream_url=f"http://127.0.0.1:{free_port()}")
+    response = relay.http().post("/v1/chat/completions", json={"model": "gptomni", "messages": HELLO, "stream": True})
+    error = assert_openai_error(response, 502, code="upstream_error")
+    assert "connection failed" in error["message"]
+    assert 'gptomni_failovers_total 1.0' in relay.metrics_text()
+    assert relay.runtime.pool.total_in_flight() == 0
