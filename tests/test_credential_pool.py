@@ -234,3 +234,15 @@ def test_api_keys_from_a_mounted_file(make_relay: Any, tmp_path: Path) -> None:
                               headers={"Authorization": f"Bearer {key}"})
         assert response.status_code == 200
     assert httpx.get(f"{relay.url}/v1/models", headers={"Authorization": "Bearer sk-test-key"}).status_code == 401
+
+
+def test_non_streaming_answer_that_breaks_is_retried_on_another_credential(make_relay: Any) -> None:
+    sim = SimulatorState()
+    sim.set("session=alpha", cut_after=2)
+    relay = make_relay(sim=sim, cookies=["session=alpha", "session=beta"])
+    for _ in range(3):
+        completion = relay.client().chat.completions.create(model="gptomni", messages=HELLO)
+        assert completion.choices[0].message.content == "Hello from the GPT-Omni simulator! You said: Hello"
+    assert sessions_used(sim)["session=alpha"] >= 1  # it did break at least once, and nobody saw it
+    assert relay.runtime.pool.total_in_flight() == 0
+    assert "gptomni_stream_interruptions_total" in relay.metrics_text()

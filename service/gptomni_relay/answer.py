@@ -71,6 +71,7 @@ class OpenAnswer:
         self._stack = stack
         self._span = span
         self._metrics = metrics
+        self._closed = False
         self.text_parts: list[str] = []
 
     async def pieces(self) -> AsyncIterator[str]:
@@ -97,6 +98,9 @@ class OpenAnswer:
 
     async def aclose(self) -> None:
         """Closes the upstream response (which cancels it if unfinished) and frees the slot."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             await self._stack.aclose()
         finally:
@@ -113,12 +117,18 @@ class AnswerOpener:
         self._policy = policy
         self._tracer = tracer
 
-    async def open(self, prompt: str) -> OpenAnswer:
+    @property
+    def max_attempts(self) -> int:
+        return self._policy.max_attempts
+
+    async def open(self, prompt: str, tried: set[str] | None = None) -> OpenAnswer:
+        """`tried` collects the credential ids used; pass the same set to a later call
+        to go on failing over where an earlier answer broke (attempts count across both)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._policy.budget_seconds
-        tried: set[str] = set()
+        tried = set() if tried is None else tried
         last_error: UpstreamError | None = None
-        for attempt in range(1, self._policy.max_attempts + 1):
+        for attempt in range(len(tried) + 1, self._policy.max_attempts + 1):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

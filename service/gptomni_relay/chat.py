@@ -25,8 +25,9 @@ async def chat_completions(request: Request) -> Response:
     body = parse_request(await read_limited_body(request, runtime.settings.max_body_bytes), runtime)
     stream_label = "true" if body.stream else "false"
     prompt = fold_conversation(body.messages)
+    tried: set[str] = set()  # credentials this request has used, across re-opens
     try:
-        answer = await runtime.opener.open(prompt)
+        answer = await runtime.opener.open(prompt, tried)
     except APIError as exc:
         runtime.metrics.requests.labels(body.model, str(exc.status), stream_label).inc()
         runtime.metrics.request_duration.labels(stream_label).observe(time.monotonic() - started)
@@ -41,4 +42,7 @@ async def chat_completions(request: Request) -> Response:
             shutdown_grace_period=runtime.settings.shutdown_grace_seconds,
             headers={"x-request-id": completion.id},
         )
-    return await completion.json_response()
+    return await completion.json_response(
+        reopen=lambda: runtime.opener.open(prompt, tried),
+        attempts_left=lambda: len(tried) < runtime.opener.max_attempts and runtime.pool.unavailability(tried) is None,
+    )

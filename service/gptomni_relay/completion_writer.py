@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 from fastapi.responses import JSONResponse
 
 from gptomni_relay.answer import OpenAnswer, upstream_error
+from gptomni_relay.errors import APIError
 from gptomni_relay.runtime import RelayRuntime
 from gptomni_relay.schemas import (
     AssistantMessage,
@@ -76,15 +77,28 @@ class CompletionWriter:
             metrics.active_streams.dec()
             self._finish(status)
 
-    async def json_response(self) -> JSONResponse:
+    async def json_response(self, reopen: Callable[[], Awaitable[OpenAnswer]] | None = None,
+                            attempts_left: Callable[[], bool] = lambda: False) -> JSONResponse:
+        """Collects the whole answer. Nothing has reached the client yet, so an answer that
+        breaks midway is started again on another credential while attempts remain."""
         status = "200"
         try:
-            async for _ in self._answer.pieces():
-                pass
-        except UpstreamError as exc:
-            error = upstream_error(exc)
-            status = str(error.status)
-            raise error from None
+            while True:
+                try:
+                    async for _ in self._answer.pieces():
+                        pass
+                    break
+                except UpstreamError as exc:
+                    await self._answer.aclose()
+                    if reopen is None or not attempts_left():
+                        error = upstream_error(exc)
+                        status = str(error.status)
+                        raise error from None
+                try:
+                    self._answer = await reopen()
+                except APIError as error:
+                    status = str(error.status)
+                    raise
         finally:
             await self._answer.aclose()
             self._finish(status)
