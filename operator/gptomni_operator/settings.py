@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from gptomni_relay.settings import split_comma_list
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from gptomni_relay.settings import BaseUrl, CommaList
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GPTOMNI_OPERATOR_", extra="ignore", populate_by_name=True)
 
-    upstream_url: str = Field(
+    upstream_url: BaseUrl = Field(
         "https://gptomni.ai", validation_alias=AliasChoices("GPTOMNI_OPERATOR_UPSTREAM_URL", "GPTOMNI_UPSTREAM_URL", "upstream_url")
     )
     # Empty: watch every namespace (cluster-wide). Otherwise only these.
-    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    namespaces: CommaList = Field(default_factory=list)
     metrics_port: int = Field(9090, ge=0, le=65535)
     # Transient failures (timeouts, 5xx) keep the previous verdict until this many in a row.
     transient_failure_threshold: int = Field(3, ge=1)
@@ -29,13 +27,3 @@ class OperatorSettings(BaseSettings):
     kube_server: str | None = None
     kube_token: str = "unused"
     log_level: str = "INFO"
-
-    @field_validator("namespaces", mode="before")
-    @classmethod
-    def _comma_list(cls, value: object) -> object:
-        return split_comma_list(value)
-
-    @field_validator("upstream_url")
-    @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")

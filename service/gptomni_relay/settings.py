@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_API_KEY = "sk-gptomni-demo"
@@ -19,6 +19,11 @@ def split_comma_list(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+# Shared with the operator's settings. NoDecode stops pydantic-settings expecting JSON.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_comma_list)]
+BaseUrl = Annotated[str, AfterValidator(lambda url: url.rstrip("/"))]
 
 
 class RelaySettings(BaseSettings):
@@ -32,12 +37,11 @@ class RelaySettings(BaseSettings):
     demo_first_byte_delay_seconds: float = Field(0.0, ge=0)
     demo_answer_words: int | None = Field(None, ge=1)
 
-    upstream_url: str = "https://gptomni.ai"
+    upstream_url: BaseUrl = "https://gptomni.ai"
 
-    # Comma lists. NoDecode stops pydantic-settings from expecting JSON here.
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: CommaList = Field(default_factory=list)
     api_keys_file: Path | None = None
-    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["gptomni"])
+    models: CommaList = Field(default_factory=lambda: ["gptomni"])
 
     # The seed's form: a JSON list of cookie strings.
     credentials: list[str] = Field(default_factory=list)
@@ -65,16 +69,6 @@ class RelaySettings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
-
-    @field_validator("api_keys", "models", mode="before")
-    @classmethod
-    def _comma_list(cls, value: object) -> object:
-        return split_comma_list(value)
-
-    @field_validator("upstream_url")
-    @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
 
     def load_api_keys(self) -> list[str]:
         """Keys from the environment plus the mounted key file (one per line or comma)."""
