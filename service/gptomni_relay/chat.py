@@ -23,14 +23,12 @@ async def chat_completions(request: Request) -> Response:
     runtime: RelayRuntime = request.app.state.runtime
     started = time.monotonic()
     body = parse_request(await read_limited_body(request, runtime.settings.max_body_bytes), runtime)
-    stream_label = "true" if body.stream else "false"
     prompt = fold_conversation(body.messages)
     tried: set[str] = set()  # credentials this request has used, across re-opens
     try:
         answer = await runtime.opener.open(prompt, tried)
     except APIError as exc:
-        runtime.metrics.requests.labels(body.model, str(exc.status), stream_label).inc()
-        runtime.metrics.request_duration.labels(stream_label).observe(time.monotonic() - started)
+        runtime.metrics.observe_request(body.model, exc.status, body.stream, time.monotonic() - started)
         raise
     runtime.metrics.time_to_first_token.labels(body.model).observe(time.monotonic() - started)
     completion = CompletionWriter(runtime, body, prompt, answer, started)

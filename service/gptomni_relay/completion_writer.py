@@ -117,11 +117,8 @@ class CompletionWriter:
         return usage
 
     def _finish(self, status: str) -> None:
-        metrics = self._runtime.metrics
-        stream_label = "true" if self._body.stream else "false"
-        metrics.requests.labels(self._body.model, status, stream_label).inc()
         duration = time.monotonic() - self._started
-        metrics.request_duration.labels(stream_label).observe(duration)
+        self._runtime.metrics.observe_request(self._body.model, status, self._body.stream, duration)
         log.info("chat completion finished", extra={
             "request_id": self.id, "model": self._body.model, "stream": self._body.stream, "status": status,
             "credential": self._answer.credential_id, "duration_ms": round(duration * 1000, 1),

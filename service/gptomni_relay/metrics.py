@@ -66,3 +66,9 @@ class RelayMetrics:
         self.prompt_tokens = Counter("gptomni_prompt_tokens", "Estimated prompt tokens", ["model"], registry=r)
         self.completion_tokens = Counter("gptomni_completion_tokens", "Estimated completion tokens", ["model"], registry=r)
         r.register(_PoolCollector(statuses))
+
+    def observe_request(self, model: str, status: int | str, stream: bool, seconds: float) -> None:
+        """One finished chat completion, whichever way it ended."""
+        stream_label = "true" if stream else "false"
+        self.requests.labels(model, str(status), stream_label).inc()
+        self.request_duration.labels(stream_label).observe(seconds)
