@@ -77,8 +77,8 @@ class CompletionWriter:
             metrics.active_streams.dec()
             self._finish(status)
 
-    async def json_response(self, reopen: Callable[[], Awaitable[OpenAnswer]] | None = None,
-                            attempts_left: Callable[[], bool] = lambda: False) -> JSONResponse:
+    async def json_response(self, reopen: Callable[[], Awaitable[OpenAnswer]],
+                            attempts_left: Callable[[], bool]) -> JSONResponse:
         """Collects the whole answer. Nothing has reached the client yet, so an answer that
         breaks midway is started again on another credential while attempts remain."""
         status = "200"
@@ -90,7 +90,7 @@ class CompletionWriter:
                     break
                 except UpstreamError as exc:
                     await self._answer.aclose()
-                    if reopen is None or not attempts_left():
+                    if not attempts_left():
                         error = upstream_error(exc)
                         status = str(error.status)
                         raise error from None
