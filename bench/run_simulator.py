@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from gptomni_relay.serving import serve_app
+from gptomni_relay.serving import serve_app, tune_gc_for_serving
 from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
 
 
@@ -19,6 +19,7 @@ async def main() -> None:
     state = SimulatorState(default=Behaviour(first_byte_delay=args.first_byte_delay, token_delay=args.token_delay,
                                              answer_words=args.answer_words))
     async with serve_app(build_simulator_app(state), port=args.port):
+        tune_gc_for_serving()  # the stand-in for GPT-Omni should not add our GC pauses to both sides
         await asyncio.Event().wait()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,23 @@ class EmbeddedServer(uvicorn.Server):
 
     def capture_signals(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+
+def tune_gc_for_serving() -> None:
+    """Keeps the garbage collector from stalling the event loop of a long-running server.
+
+    A full collection walks every tracked object while the loop waits. At start-up that is
+    ~76,000 objects (FastAPI, pydantic, OpenTelemetry, aiohttp: 55 ms on our 2-core test
+    VM), and under load every open stream adds ~250 more. With CPython's defaults a full
+    collection ran every few seconds at 500 streams and took 100-200 ms: that was the
+    relay's p99. So: freeze the start-up heap (never garbage, never walked again) and make
+    full collections ten times rarer; young collections stay as they are, so short-lived
+    cycles are still freed promptly.
+    """
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 100)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
