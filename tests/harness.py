@@ -56,7 +56,7 @@ class BackgroundLoop:
 
 
 async def _cancel_leftover_tasks() -> None:
-    """Library housekeeping tasks (sse-starlette's shutdown watcher) outlive the servers."""
+    """Library housekeeping tasks (aiohttp's, anyio's) can outlive the servers."""
     current = asyncio.current_task()
     leftovers = [task for task in asyncio.all_tasks() if task is not current]
     for task in leftovers:

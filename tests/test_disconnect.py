@@ -29,3 +29,38 @@ async def test_client_disconnect_cancels_the_upstream_request(make_relay) -> Non
     assert sim.active == 0 and sim.unfinished == 1 and sim.completed == 0
     assert relay.runtime.pool.total_in_flight() == 0
     assert 'gptomni_requests_total{model="gptomni",status="499",stream="true"} 1.0' in relay.metrics_text()
+
+
+async def test_hang_up_during_upstream_silence_cancels_at_once(make_relay) -> None:  # noqa: ANN001
+    """No piece is due for 5 s: the hang-up itself, not the next write, must end the request."""
+    sim = SimulatorState(default=Behaviour(token_delay=5.0, answer_words=3))
+    relay: Harness = make_relay(sim=sim)
+    async with httpx.AsyncClient(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}) as http:
+        async with http.stream("POST", "/v1/chat/completions",
+                               json={"model": "gptomni", "messages": [{"role": "user", "content": "slow"}],
+                                     "stream": True}) as response:
+            lines = response.aiter_lines()
+            while not (await anext(lines)).startswith("data: "):
+                pass
+    hung_up = time.monotonic()
+    while (sim.active or relay.runtime.pool.total_in_flight()) and time.monotonic() - hung_up < 3:
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - hung_up < 1.0
+    assert sim.active == 0 and relay.runtime.pool.total_in_flight() == 0
+
+
+async def test_pings_keep_a_silent_stream_open_and_clients_ignore_them(make_relay) -> None:  # noqa: ANN001
+    sim = SimulatorState(default=Behaviour(token_delay=0.7, answer_words=3))
+    relay: Harness = make_relay(sim=sim, sse_ping_seconds=0.2)
+    body = {"model": "gptomni", "messages": [{"role": "user", "content": "slow"}], "stream": True}
+    async with httpx.AsyncClient(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}) as http:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = [line async for line in response.aiter_lines() if line]
+    pings = [i for i, line in enumerate(lines) if line == ": ping"]
+    data = [line for line in lines if line.startswith("data: ")]
+    assert len(pings) >= 4 and len(pings) + len(data) == len(lines)
+    assert 0 < pings[0] < pings[-1] < len(lines) - 1  # between pieces, none after the end
+    client = relay.async_client()
+    stream = await client.chat.completions.create(model="gptomni", messages=body["messages"], stream=True)
+    text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+    assert len(text.split()) == 3

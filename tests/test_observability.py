@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 from gptomni_relay.settings import DEMO_API_KEY
 from gptomni_relay.simulator import SimulatorState
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import Harness
@@ -125,3 +128,49 @@ def test_json_logs_carry_the_trace_id() -> None:
     finished = [line for line in lines if line.get("message") == "chat completion finished"]
     assert finished and finished[0]["trace_id"] == trace_id
     assert finished[0]["level"] == "INFO" and finished[0]["status"] == "200"
+
+
+class _OtlpSink(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP trace receiver on loopback: keeps every exported span."""
+
+    spans: ClassVar[list[Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+        for resource_spans in request.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+            for scope_spans in resource_spans.scope_spans:
+                self.spans.extend((service, span) for span in scope_spans.spans)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_spans_are_exported_over_otlp_when_an_endpoint_is_set() -> None:
+    """Tracing is on only with an exporter (spans cost ~1 ms a request); then the server span
+    and the upstream attempt reach the collector under the caller's trace id."""
+    trace_id = "5b8efff798038103d269b633813fc60c"
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    env = {"GPTOMNI_DEMO_TOKEN_DELAY_SECONDS": "0", "OTEL_SERVICE_NAME": "relay-under-test",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    try:
+        with relay_process("--demo", env=env) as relay:
+            response = httpx.post(
+                f"{relay.url}/v1/chat/completions", json={"model": "gptomni", "messages": HELLO, "stream": True},
+                headers={"Authorization": f"Bearer {DEMO_API_KEY}", "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
+            )
+            assert response.status_code == 200
+            deadline = time.monotonic() + 10
+            while len(_OtlpSink.spans) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        sink.shutdown()
+    names = {span.name for service, span in _OtlpSink.spans
+             if service == "relay-under-test" and span.trace_id.hex() == trace_id}
+    assert {"POST /v1/chat/completions", "gptomni.upstream"} <= names

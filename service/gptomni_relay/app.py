@@ -8,25 +8,48 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
 
 from gptomni_relay import __version__
 from gptomni_relay.auth import require_api_key
 from gptomni_relay.chat import router as chat_router
 from gptomni_relay.errors import APIError, install_error_handlers
+from gptomni_relay.event_stream import SERVER_SEND_SCOPE_KEY
 from gptomni_relay.runtime import RelayRuntime, build_runtime
 from gptomni_relay.schemas import Model, ModelList
 from gptomni_relay.settings import RelaySettings
-from gptomni_relay.tracing import build_tracer_provider
+from gptomni_relay.tracing import build_tracer_provider, incoming_trace_context
 
 _STARTED = int(time.time())
 
 
+class RelayApp(FastAPI):
+    """Leaves the server's own `send` in the scope for the streaming hot path (event_stream.py)
+    and, when no server spans are recorded, keeps the caller's trace context for the logs."""
+
+    records_server_spans = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        scope[SERVER_SEND_SCOPE_KEY] = send
+        incoming = None if self.records_server_spans else incoming_trace_context(scope["headers"])
+        if incoming is None:
+            return await super().__call__(scope, receive, send)
+        token = otel_context.attach(incoming)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            otel_context.detach(token)
+
+
 def create_app(settings: RelaySettings | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
     settings = settings or RelaySettings()
-    provider = tracer_provider or build_tracer_provider("gptomni-relay")
+    provider = tracer_provider if tracer_provider is not None else build_tracer_provider("gptomni-relay")
     runtime = build_runtime(settings, provider)
 
     @asynccontextmanager
@@ -37,7 +60,7 @@ def create_app(settings: RelaySettings | None = None, tracer_provider: TracerPro
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="gptomni relay", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = RelayApp(title="gptomni relay", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(chat_router)
@@ -68,7 +91,9 @@ def create_app(settings: RelaySettings | None = None, tracer_provider: TracerPro
         rt: RelayRuntime = request.app.state.runtime
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
-    )
+    if provider is not None:
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
+        )
+        app.records_server_spans = True
     return app

@@ -6,11 +6,11 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sse_starlette import EventSourceResponse
 
 from gptomni_relay.auth import require_api_key
 from gptomni_relay.completion_writer import CompletionWriter
 from gptomni_relay.errors import APIError
+from gptomni_relay.event_stream import EventStreamResponse
 from gptomni_relay.prompt import fold_conversation
 from gptomni_relay.request_body import parse_request, read_limited_body
 from gptomni_relay.runtime import RelayRuntime
@@ -33,12 +33,8 @@ async def chat_completions(request: Request) -> Response:
     runtime.metrics.time_to_first_token.labels(body.model).observe(time.monotonic() - started)
     completion = CompletionWriter(runtime, body, prompt, answer, started)
     if body.stream:
-        return EventSourceResponse(
-            completion.sse_events(),
-            sep="\n",
-            ping=runtime.settings.sse_ping_seconds,
-            shutdown_grace_period=runtime.settings.shutdown_grace_seconds,
-            headers={"x-request-id": completion.id},
+        return EventStreamResponse(
+            completion.sse_events(), ping_seconds=runtime.settings.sse_ping_seconds, headers={"x-request-id": completion.id}
         )
     return await completion.json_response(
         reopen=lambda: runtime.opener.open(prompt, tried),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from gptomni_relay.logging_setup import configure_logging
 from gptomni_relay.runtime import ConfigurationError
-from gptomni_relay.serving import bind_socket, serve_app, uvicorn_config
+from gptomni_relay.serving import bind_socket, serve_app, tune_gc_for_serving, uvicorn_config
 from gptomni_relay.settings import RelaySettings
 
 log = logging.getLogger("gptomni_relay")
@@ -86,9 +87,11 @@ async def run(settings: RelaySettings) -> None:
                 f"\n  gptomni relay (demo) on http://{settings.host}:{port}/v1   API key: {key}\n",
                 file=sys.stderr, flush=True,
             )
+        tune_gc_for_serving()
         server = uvicorn.Server(uvicorn_config(
             app,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+            # Open streams run on for the grace period, then are cancelled (closing upstream).
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             timeout_keep_alive=75,
         ))
         await server.serve(sockets=[sock])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
-import anyio
 from fastapi.responses import JSONResponse
+from pydantic_core import to_json
 
 from gptomni_relay.answer import OpenAnswer, upstream_error
 from gptomni_relay.errors import APIError
+from gptomni_relay.event_stream import sse_data
 from gptomni_relay.runtime import RelayRuntime
 from gptomni_relay.schemas import (
     AssistantMessage,
@@ -29,6 +30,21 @@ from gptomni_relay.usage import estimate_usage
 log = logging.getLogger(__name__)
 
 
+class ContentChunkTemplate:
+    """Renders the common chunk (`delta: {content}` only) by splicing the JSON-encoded
+    piece into the model's own rendering: one model dump per stream, not per piece."""
+
+    def __init__(self, chunk_for: Callable[[Delta], ChatCompletionChunk]) -> None:
+        marker = f"piece-{uuid.uuid4().hex}"
+        rendered = chunk_for(Delta(content=marker)).model_dump_json()
+        prefix, suffix = rendered.encode().split(to_json(marker))
+        self._frame_start = b"data: " + prefix
+        self._frame_end = suffix + b"\n\n"
+
+    def event(self, piece: str) -> bytes:
+        return b"".join((self._frame_start, to_json(piece), self._frame_end))
+
+
 class CompletionWriter:
     def __init__(self, runtime: RelayRuntime, body: ChatCompletionRequest, prompt: str,
                  answer: OpenAnswer, started: float) -> None:
@@ -40,40 +56,39 @@ class CompletionWriter:
         self._answer = answer
         self._started = started
 
-    def _chunk(self, delta: Delta, finish: bool = False) -> str:
-        chunk = ChatCompletionChunk(
-            id=self.id, created=self.created, model=self._body.model,
-            choices=[ChunkChoice(delta=delta, finish_reason="stop" if finish else None)],
-        )
-        return chunk.model_dump_json()
+    def _chunk(self, delta: Delta | None = None, usage: Usage | None = None) -> ChatCompletionChunk:
+        """A chunk with one choice carrying `delta`; with no delta, the closing chunk."""
+        choices = [] if usage else [ChunkChoice(delta=delta or Delta(), finish_reason=None if delta else "stop")]
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self._body.model, choices=choices, usage=usage)
 
-    async def sse_events(self) -> AsyncIterator[dict[str, str]]:
+    async def sse_events(self) -> AsyncGenerator[bytes, None]:
         metrics = self._runtime.metrics
         metrics.active_streams.inc()
         status = "200"
         try:
-            first = True
-            async for piece in self._answer.pieces():
-                yield {"data": self._chunk(Delta(role="assistant", content=piece) if first else Delta(content=piece))}
-                first = False
-            yield {"data": self._chunk(Delta(), finish=True)}
+            pieces = self._answer.pieces()
+            first = await anext(pieces)
+            yield sse_data(self._chunk(Delta(role="assistant", content=first)).model_dump_json().encode())
+            template = ContentChunkTemplate(self._chunk)
+            async for piece in pieces:
+                yield template.event(piece)
+            yield sse_data(self._chunk().model_dump_json().encode())
             usage = self._account()
             options = self._body.stream_options
             if options is not None and options.include_usage:
-                final = ChatCompletionChunk(id=self.id, created=self.created, model=self._body.model, choices=[], usage=usage)
-                yield {"data": final.model_dump_json()}
-            yield {"data": "[DONE]"}
+                yield sse_data(self._chunk(usage=usage).model_dump_json().encode())
+            yield sse_data(b"[DONE]")
         except UpstreamError as exc:
             error = upstream_error(exc)
             status = str(error.status)
-            yield {"data": error.body().model_dump_json()}
+            yield sse_data(error.body().model_dump_json().encode())
         except BaseException:
             status = "499"  # the client went away; nginx's name for it
             raise
         finally:
-            # Shielded: a cancelled stream must still close upstream and free its slot.
-            with anyio.CancelScope(shield=True):
-                await self._answer.aclose()
+            # A hang-up arrives as one task cancellation, already spent by now, and closing
+            # the upstream response never suspends: this clean-up always runs to the end.
+            await self._answer.aclose()
             metrics.active_streams.dec()
             self._finish(status)
 

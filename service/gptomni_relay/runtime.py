@@ -11,6 +11,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from gptomni_relay.answer import AnswerOpener, FailoverPolicy
@@ -34,7 +35,7 @@ class RelayRuntime:
     pool: CredentialPool
     upstream: UpstreamClient
     metrics: RelayMetrics
-    tracer_provider: TracerProvider
+    tracer_provider: TracerProvider | None
     opener: AnswerOpener
     static_credentials: list[Credential]
     watcher: PoolFileWatcher | None = None
@@ -58,7 +59,8 @@ class RelayRuntime:
                 await task
         self.tasks.clear()
         await self.upstream.aclose()
-        self.tracer_provider.shutdown()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
 
     async def probe_ejected(self) -> None:
         """Give each ejected credential one real check; a success puts it back in rotation."""
@@ -93,7 +95,7 @@ def resolve_api_keys(settings: RelaySettings) -> list[str]:
     return keys
 
 
-def build_runtime(settings: RelaySettings, tracer_provider: TracerProvider) -> RelayRuntime:
+def build_runtime(settings: RelaySettings, tracer_provider: TracerProvider | None) -> RelayRuntime:
     keys = resolve_api_keys(settings)
     pool = CredentialPool(settings.cooldown_base_seconds, settings.cooldown_max_seconds)
     static = credentials_from_env(settings.credentials, settings.default_max_concurrency)
@@ -113,7 +115,7 @@ def build_runtime(settings: RelaySettings, tracer_provider: TracerProvider) -> R
         upstream,
         metrics,
         FailoverPolicy(settings.max_attempts, settings.failover_budget_seconds, settings.acquire_timeout_seconds),
-        tracer_provider.get_tracer("gptomni_relay"),
+        tracer_provider.get_tracer("gptomni_relay") if tracer_provider is not None else trace.NoOpTracer(),
     )
     runtime = RelayRuntime(
         settings=settings,
