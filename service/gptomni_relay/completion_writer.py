@@ -12,7 +12,7 @@ from pydantic_core import to_json
 
 from gptomni_relay.answer import OpenAnswer, upstream_error
 from gptomni_relay.errors import APIError
-from gptomni_relay.event_stream import sse_data
+from gptomni_relay.event_stream import LastEvents, sse_data
 from gptomni_relay.runtime import RelayRuntime
 from gptomni_relay.schemas import (
     AssistantMessage,
@@ -72,16 +72,17 @@ class CompletionWriter:
             template = ContentChunkTemplate(self._chunk)
             async for piece in pieces:
                 yield template.event(piece)
-            yield sse_data(self._chunk().model_dump_json().encode())
+            closing = [sse_data(self._chunk().model_dump_json().encode())]
             usage = self._account()
             options = self._body.stream_options
             if options is not None and options.include_usage:
-                yield sse_data(self._chunk(usage=usage).model_dump_json().encode())
-            yield sse_data(b"[DONE]")
+                closing.append(sse_data(self._chunk(usage=usage).model_dump_json().encode()))
+            closing.append(sse_data(b"[DONE]"))
+            yield LastEvents(b"".join(closing))
         except UpstreamError as exc:
             error = upstream_error(exc)
             status = str(error.status)
-            yield sse_data(error.body().model_dump_json().encode())
+            yield LastEvents(sse_data(error.body().model_dump_json().encode()))
         except BaseException:
             status = "499"  # the client went away; nginx's name for it
             raise

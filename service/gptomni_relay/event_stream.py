@@ -37,6 +37,11 @@ def sse_data(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
+class LastEvents(bytes):
+    """The stream's closing events, yielded last and written together with the end of the
+    response: one socket write instead of one per event plus one for the final chunk."""
+
+
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
@@ -60,13 +65,17 @@ class EventStreamResponse(Response):
         watcher = loop.create_task(self._watch_client(receive, send, stream_task))
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            last = b""
             async for event in self.events:
+                if type(event) is LastEvents:
+                    last = event  # the generator ends right after it, running its clean-up
+                    continue
                 async with self._write_lock:
                     await write_piece({"type": "http.response.body", "body": event, "more_body": True})
                 self._last_write = loop.time()
             async with self._write_lock:
                 watcher.cancel()
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": bytes(last), "more_body": False})
         except asyncio.CancelledError:
             # Our own cancellation (the client hung up) ends the response quietly;
             # anyone else's (server shutdown) propagates.
