@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from gptomni_relay import __version__
 from gptomni_relay.auth import require_api_key
-from gptomni_relay.chat import router as chat_router
+from gptomni_relay.chat import route as chat_route
 from gptomni_relay.errors import APIError, install_error_handlers
 from gptomni_relay.event_stream import SERVER_SEND_SCOPE_KEY
 from gptomni_relay.runtime import RelayRuntime, build_runtime
@@ -63,7 +63,7 @@ def create_app(settings: RelaySettings | None = None, tracer_provider: TracerPro
     app = RelayApp(title="gptomni relay", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.include_router(chat_router)
+    app.router.routes.append(chat_route)
 
     @app.get("/v1/models", dependencies=[Depends(require_api_key)])
     async def list_models() -> ModelList:

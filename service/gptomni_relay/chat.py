@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gptomni_relay.auth import require_api_key
 from gptomni_relay.completion_writer import CompletionWriter
@@ -15,11 +16,9 @@ from gptomni_relay.prompt import fold_conversation
 from gptomni_relay.request_body import parse_request, read_limited_body
 from gptomni_relay.runtime import RelayRuntime
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
 
-
-@router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
+    await require_api_key(request)
     runtime: RelayRuntime = request.app.state.runtime
     started = time.monotonic()
     body = parse_request(await read_limited_body(request, runtime.settings.max_body_bytes), runtime)
@@ -40,3 +39,8 @@ async def chat_completions(request: Request) -> Response:
         reopen=lambda: runtime.opener.open(prompt, tried),
         attempts_left=lambda: len(tried) < runtime.opener.max_attempts and runtime.pool.unavailability(tried) is None,
     )
+
+
+# A plain Starlette route: the body is read and validated here (size limit first, then
+# OpenAI-style errors), so FastAPI's parameter machinery would only add work per request.
+route = Route("/v1/chat/completions", chat_completions, methods=["POST"])
