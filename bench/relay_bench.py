@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from gptomni_relay.serving import tune_gc_for_serving
 
 HERE = Path(__file__).resolve().parent
 KEY = "sk-bench-key-0123456789"
@@ -76,7 +78,13 @@ def rss_kb(pid: int) -> int:
 class Timing:
     ttfb: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
+    # Time to the first piece minus the time the simulator held the request (from the
+    # simulator's stamps): the path's own share, free of the simulator's timer jitter.
+    path: list[float] = field(default_factory=list)
     errors: int = 0
+
+
+STAMP = re.compile(rb"\[(\d+\.\d+) (\d+\.\d+)\] ")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -87,7 +95,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def stream_once(http: aiohttp.ClientSession, url: str, direct: bool, timing: Timing) -> None:
-    started = time.perf_counter()
+    started = time.monotonic()
     try:
         if direct:
             request = http.post(f"{url}/api/chatWithText", data=b'{"prompt":"bench"}',
@@ -102,9 +110,14 @@ async def stream_once(http: aiohttp.ClientSession, url: str, direct: bool, timin
             first = True
             async for chunk in response.content.iter_any():
                 if first and (direct or b'"content"' in chunk):
-                    timing.ttfb.append(time.perf_counter() - started)
+                    now = time.monotonic()
+                    timing.ttfb.append(now - started)
                     first = False
-        timing.total.append(time.perf_counter() - started)
+                    stamp = STAMP.search(chunk)
+                    if stamp:
+                        arrived, sent = float(stamp[1]), float(stamp[2])
+                        timing.path.append((arrived - started) + (now - sent))
+        timing.total.append(time.monotonic() - started)
     except (TimeoutError, aiohttp.ClientError):
         timing.errors += 1
 
@@ -174,7 +187,6 @@ def relay_env(sim_url: str) -> dict[str, str]:
         "GPTOMNI_API_KEYS": KEY,
         "GPTOMNI_CREDENTIALS": json.dumps([f"session={i}" for i in range(4)]),
         "GPTOMNI_DEFAULT_MAX_CONCURRENCY": "5000",
-        "GPTOMNI_LOG_LEVEL": "WARNING",
         "GPTOMNI_EJECT_PROBE_SECONDS": "0",
     }
 
@@ -184,7 +196,7 @@ def stack(first_byte: float, token_delay: float, words: int, naive: bool = False
     sim_port, relay_port, naive_port = free_port(), free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     with process([sys.executable, str(HERE / "run_simulator.py"), "--port", str(sim_port), "--first-byte-delay",
-                  str(first_byte), "--token-delay", str(token_delay), "--answer-words", str(words)],
+                  str(first_byte), "--token-delay", str(token_delay), "--answer-words", str(words), "--stamp-times"],
                  ready_url=f"{sim_url}/__simulator__/health"):
         with process(["gptomni-relay" if not sys.executable else sys.executable, "-m", "gptomni_relay", "--host",
                       "127.0.0.1", "--port", str(relay_port)], env=relay_env(sim_url),
@@ -205,10 +217,50 @@ def summarise(direct: Timing, relayed: Timing) -> dict[str, float]:
         "relay_ttfb_p50_ms": pct(relayed.ttfb, 0.5) * 1000, "relay_ttfb_p99_ms": pct(relayed.ttfb, 0.99) * 1000,
         "overhead_ttfb_p50_ms": (pct(relayed.ttfb, 0.5) - pct(direct.ttfb, 0.5)) * 1000,
         "overhead_ttfb_p99_ms": (pct(relayed.ttfb, 0.99) - pct(direct.ttfb, 0.99)) * 1000,
+        "added_first_piece_p50_ms": (pct(relayed.path, 0.5) - pct(direct.path, 0.5)) * 1000,
+        "added_first_piece_p99_ms": (pct(relayed.path, 0.99) - pct(direct.path, 0.99)) * 1000,
         "overhead_total_p50_ms": (pct(relayed.total, 0.5) - pct(direct.total, 0.5)) * 1000,
         "overhead_total_p99_ms": (pct(relayed.total, 0.99) - pct(direct.total, 0.99)) * 1000,
         "samples": len(relayed.total), "errors": direct.errors + relayed.errors,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def relay_cpu_cost(streams: int) -> dict[str, float]:
+    """The relay's own CPU time per stream set-up and per streamed piece, read from /proc:
+    the same number of streams with 2 and with 42 pieces (10 ms apart, so each piece is
+    its own read and write), 50 at a time."""
+    per_stream = {}
+    for pieces in (2, 42):
+        with stack(0.0, 0.01, pieces) as s:
+            asyncio.run(wave(s["relay"], False, 50, 2, 60))  # warm-up
+            before = cpu_seconds(s["relay_pid"])
+            timing = asyncio.run(wave(s["relay"], False, 50, streams // 50, 120))
+            per_stream[pieces] = (cpu_seconds(s["relay_pid"]) - before) / (streams // 50 * 50)
+            if timing.errors:
+                raise RuntimeError(f"{timing.errors} streams failed while measuring CPU cost")
+    per_piece = (per_stream[42] - per_stream[2]) / 40
+    return {"setup_ms": (per_stream[2] - 2 * per_piece) * 1000, "per_piece_us": per_piece * 1e6}
+
+
+def overhead_levels(first_byte: float, token_delay: float, words: int, levels: list[int], seconds: float,
+                    bursts: bool = False) -> dict[str, Any]:
+    stream_seconds = first_byte + token_delay * words
+    out: dict[str, Any] = {"sustained": {}, "bursts": {}}
+    with stack(first_byte, token_delay, words) as s:
+        for c in levels:
+            direct = asyncio.run(sustained(s["sim"], True, c, seconds, spread=stream_seconds))
+            relayed = asyncio.run(sustained(s["relay"], False, c, seconds, spread=stream_seconds))
+            out["sustained"][c] = summarise(direct, relayed)
+        for c in levels if bursts else []:
+            direct = asyncio.run(wave(s["sim"], True, c, 3, 120))
+            relayed = asyncio.run(wave(s["relay"], False, c, 3, 120))
+            out["bursts"][c] = summarise(direct, relayed)
+    return out
 
 
 def main() -> None:
@@ -216,25 +268,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "relay_bench.json")
     args = parser.parse_args()
+    tune_gc_for_serving()  # the load generator's own GC pauses would land in both columns
     levels = [1, 100] if args.quick else [1, 100, 500]
     capacity_levels = [250, 500] if args.quick else [250, 500, 750, 1000, 1500]
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "platform": platform.platform()}}
-    # Fast streams: 50 ms to the first byte, then 20 pieces 20 ms apart (~0.45 s, 44 pieces/s).
-    seconds = 4 if args.quick else 8
+    results["relay_cpu"] = relay_cpu_cost(300 if args.quick else 1000)
+    # Chat-like: 50 ms to the first byte, then 60 pieces 50 ms apart (20 pieces/s, ~3 s).
+    results["overhead_chat"] = overhead_levels(0.05, 0.05, 60, levels, 8 if args.quick else 20)
+    # Fast and short: 50 ms to the first byte, then 20 pieces 20 ms apart (44 pieces/s, ~0.45 s):
+    # at 100 streams that is 220 new streams and 4,400 pieces a second.
+    results["overhead_fast"] = overhead_levels(0.05, 0.02, 20, levels, 4 if args.quick else 8, bursts=True)
     with stack(0.05, 0.02, 20, naive=True) as s:
-        overhead = {}
-        for c in levels:
-            direct = asyncio.run(sustained(s["sim"], True, c, seconds, spread=0.45))
-            relayed = asyncio.run(sustained(s["relay"], False, c, seconds, spread=0.45))
-            overhead[c] = summarise(direct, relayed)
-        results["overhead_sustained"] = overhead
-        bursts = {}
-        for c in levels:
-            direct = asyncio.run(wave(s["sim"], True, c, 3, 120))
-            relayed = asyncio.run(wave(s["relay"], False, c, 3, 120))
-            bursts[c] = summarise(direct, relayed)
-        results["overhead_bursts"] = bursts
         naive = asyncio.run(wave(s["naive"], False, 100, 1, 120))
         relayed = asyncio.run(wave(s["relay"], False, 100, 1, 120))
         results["naive_vs_relay_100_streams"] = {
@@ -242,18 +287,19 @@ def main() -> None:
             "relay_total_p50_ms": pct(relayed.total, 0.5) * 1000, "relay_total_p99_ms": pct(relayed.total, 0.99) * 1000,
             "naive_errors": naive.errors,
         }
-    # Capacity at a chat-like cadence: 5 pieces/s per stream (200 ms apart, 20 pieces).
+    # Capacity at a slow chat cadence: 5 pieces/s per stream (200 ms apart, 20 pieces).
+    seconds = 8 if args.quick else 16
     with stack(0.05, 0.2, 20) as s:
         capacity = {}
         for c in capacity_levels:
-            direct = asyncio.run(sustained(s["sim"], True, c, seconds * 2, spread=4.0))
-            relayed = asyncio.run(sustained(s["relay"], False, c, seconds * 2, spread=4.0))
+            direct = asyncio.run(sustained(s["sim"], True, c, seconds, spread=4.0))
+            relayed = asyncio.run(sustained(s["relay"], False, c, seconds, spread=4.0))
             capacity[c] = summarise(direct, relayed)
-            if capacity[c]["overhead_ttfb_p99_ms"] > 50 or capacity[c]["errors"]:
+            if capacity[c]["added_first_piece_p99_ms"] > 50 or capacity[c]["errors"]:
                 break
         results["capacity_5_pieces_per_second"] = capacity
         results["max_streams_p99_overhead_under_50ms"] = max(
-            (c for c, r in capacity.items() if r["overhead_ttfb_p99_ms"] < 50 and not r["errors"]), default=0)
+            (c for c, r in capacity.items() if r["added_first_piece_p99_ms"] < 50 and not r["errors"]), default=0)
     # Short non-streamed answers: requests per second.
     with stack(0.0, 0.0, 3) as s:
         total = 1000 if args.quick else 3000
@@ -297,18 +343,31 @@ def main() -> None:
     print(f"\nJSON written to {args.out}")
 
 
+def print_overhead_rows(rows: dict[int, dict[str, float]]) -> None:
+    """`added` is the relay's own share of the time to the first piece (simulator stamps);
+    TTFB and total are end-to-end differences, which also carry the simulator's jitter."""
+    print(f"{'streams':>8} {'added p50':>10} {'added p99':>10} {'TTFB p50':>9} {'TTFB p99':>9} "
+          f"{'total p50':>10} {'total p99':>10} {'samples':>8} {'errors':>7}")
+    for c, r in rows.items():
+        print(f"{c:>8} {r['added_first_piece_p50_ms']:>10.2f} {r['added_first_piece_p99_ms']:>10.2f} "
+              f"{r['overhead_ttfb_p50_ms']:>9.2f} {r['overhead_ttfb_p99_ms']:>9.2f} {r['overhead_total_p50_ms']:>10.2f} "
+              f"{r['overhead_total_p99_ms']:>10.2f} {r['samples']:>8} {r['errors']:>7}")
+
+
 def print_table(results: dict[str, Any]) -> None:
     print(f"\nmachine: {results['machine']}")
-    for key, title in (("overhead_sustained", "sustained (closed loop, N streams always open)"),
-                       ("overhead_bursts", "bursts (N streams started at once)")):
-        print(f"\nrelay overhead, {title}: relay minus direct-to-simulator, ms; 44 pieces/s per stream")
-        print(f"{'streams':>8} {'TTFB p50':>10} {'TTFB p99':>10} {'total p50':>10} {'total p99':>10} {'samples':>8} {'errors':>7}")
-        for c, r in results[key].items():
-            print(f"{c:>8} {r['overhead_ttfb_p50_ms']:>10.2f} {r['overhead_ttfb_p99_ms']:>10.2f} "
-                  f"{r['overhead_total_p50_ms']:>10.2f} {r['overhead_total_p99_ms']:>10.2f} {r['samples']:>8} {r['errors']:>7}")
-    print("\ncapacity at 5 pieces/s per stream (sustained): streams, TTFB overhead p50/p99 (ms)")
-    for c, r in results["capacity_5_pieces_per_second"].items():
-        print(f"{c:>8} {r['overhead_ttfb_p50_ms']:>10.2f} {r['overhead_ttfb_p99_ms']:>10.2f}  errors={r['errors']}")
+    cpu = results["relay_cpu"]
+    print(f"\nrelay CPU: {cpu['setup_ms']:.2f} ms per stream set-up, {cpu['per_piece_us']:.0f} us per streamed piece")
+    for key, profile in (("overhead_chat", "chat-like: 20 pieces/s, ~3 s answers"),
+                         ("overhead_fast", "fast: 44 pieces/s, ~0.45 s answers")):
+        for mode, title in (("sustained", "sustained (closed loop, N streams always open)"),
+                            ("bursts", "bursts (N streams started at once)")):
+            if not results[key][mode]:
+                continue
+            print(f"\nrelay overhead, {profile}, {title}: relay minus direct-to-simulator, ms")
+            print_overhead_rows(results[key][mode])
+    print("\ncapacity at 5 pieces/s per stream (sustained), ms")
+    print_overhead_rows(results["capacity_5_pieces_per_second"])
     print(f"max streams with p99 TTFB overhead < 50 ms: {results['max_streams_p99_overhead_under_50ms']}")
     n = results["naive_vs_relay_100_streams"]
     print("\n100 streams started at once, total time per stream (ms)   p50      p99")

@@ -13,6 +13,7 @@ import json
 import random
 import re
 import secrets
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -57,6 +58,10 @@ class Behaviour:
     cut_after: int | None = None
     answer: str | None = None
     answer_words: int | None = None
+    # For benchmarks on one machine: the first piece starts with "[<arrived> <sent>] ", the
+    # time.monotonic() at which the request arrived and the piece left, so the time spent
+    # before and after the upstream (the relay's share) can be told apart per request.
+    stamp_times: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
         return response
 
     async def chat(request: Request) -> Response:
+        arrived = time.monotonic()
         session, cloudflare = split_cookie_header(request.headers.get("cookie", ""))
         if state.challenge != "off" and cloudflare.get(CLEARANCE_COOKIE) != state.clearance_token:
             return _challenge_response()
@@ -157,9 +163,9 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
             headers = {"retry-after": str(behaviour.retry_after)} if behaviour.retry_after is not None else {}
             return JSONResponse({"code": behaviour.status, "msg": "refused"}, status_code=behaviour.status, headers=headers)
         answer = behaviour.answer if behaviour.answer is not None else default_answer(prompt, behaviour.answer_words)
-        return StreamingResponse(_stream(answer, behaviour), media_type="text/plain; charset=utf-8")
+        return StreamingResponse(_stream(answer, behaviour, arrived), media_type="text/plain; charset=utf-8")
 
-    async def _stream(answer: str, behaviour: Behaviour) -> AsyncIterator[bytes]:
+    async def _stream(answer: str, behaviour: Behaviour, arrived: float) -> AsyncIterator[bytes]:
         state.active += 1
         finished = False
         try:
@@ -170,7 +176,8 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
                     raise SimulatedCut("simulated mid-stream cut")
                 if index and behaviour.token_delay:
                     await asyncio.sleep(behaviour.token_delay)
-                yield match.group(0).encode("utf-8")
+                stamp = f"[{arrived:.6f} {time.monotonic():.6f}] " if behaviour.stamp_times and not index else ""
+                yield (stamp + match.group(0)).encode("utf-8")
             finished = True
         finally:
             state.active -= 1
