@@ -60,7 +60,28 @@ async def test_pings_keep_a_silent_stream_open_and_clients_ignore_them(make_rela
     data = [line for line in lines if line.startswith("data: ")]
     assert len(pings) >= 4 and len(pings) + len(data) == len(lines)
     assert 0 < pings[0] < pings[-1] < len(lines) - 1  # between pieces, none after the end
-    client = relay.async_client()
-    stream = await client.chat.completions.create(model="gptomni", messages=body["messages"], stream=True)
-    text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+    async with relay.async_client() as client:
+        stream = await client.chat.completions.create(model="gptomni", messages=body["messages"], stream=True)
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
     assert len(text.split()) == 3
+
+
+async def test_hang_up_without_streaming_cancels_the_upstream_request(make_relay) -> None:  # noqa: ANN001
+    sim = SimulatorState(default=Behaviour(token_delay=0.5, answer_words=20))
+    relay: Harness = make_relay(sim=sim)
+    async with httpx.AsyncClient(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}) as http:
+        request = asyncio.ensure_future(
+            http.post("/v1/chat/completions", json={"model": "gptomni", "messages": [{"role": "user", "content": "x"}]})
+        )
+        deadline = time.monotonic() + 3
+        while sim.active == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert sim.active == 1
+        request.cancel()  # the client gives up and closes its connection
+        await asyncio.gather(request, return_exceptions=True)
+    hung_up = time.monotonic()
+    while (sim.active or relay.runtime.pool.total_in_flight()) and time.monotonic() - hung_up < 3:
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - hung_up < 1.0
+    assert sim.active == 0 and sim.completed == 0 and relay.runtime.pool.total_in_flight() == 0
+    assert 'gptomni_requests_total{model="gptomni",status="499",stream="false"} 1.0' in relay.metrics_text()

@@ -12,6 +12,7 @@ from gptomni_relay.auth import require_api_key
 from gptomni_relay.completion_writer import CompletionWriter
 from gptomni_relay.errors import APIError
 from gptomni_relay.event_stream import EventStreamResponse
+from gptomni_relay.hang_up import HangUpWatch
 from gptomni_relay.prompt import fold_conversation
 from gptomni_relay.request_body import parse_request, read_limited_body
 from gptomni_relay.runtime import RelayRuntime
@@ -35,10 +36,12 @@ async def chat_completions(request: Request) -> Response:
         return EventStreamResponse(
             completion.sse_events(), ping_seconds=runtime.settings.sse_ping_seconds, headers={"x-request-id": completion.id}
         )
-    return await completion.json_response(
-        reopen=lambda: runtime.opener.open(prompt, tried),
-        attempts_left=lambda: len(tried) < runtime.opener.max_attempts and runtime.pool.unavailability(tried) is None,
-    )
+    async with HangUpWatch(request.receive):
+        return await completion.json_response(
+            reopen=lambda: runtime.opener.open(prompt, tried),
+            attempts_left=lambda: len(tried) < runtime.opener.max_attempts and runtime.pool.unavailability(tried) is None,
+        )
+    return Response(status_code=499)  # the client hung up; nobody will read this
 
 
 # A plain Starlette route: the body is read and validated here (size limit first, then

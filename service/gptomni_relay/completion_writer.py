@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -115,6 +116,9 @@ class CompletionWriter:
                 except APIError as error:
                     status = str(error.status)
                     raise
+        except asyncio.CancelledError:
+            status = "499"  # the client hung up (hang_up.py)
+            raise
         finally:
             await self._answer.aclose()
             self._finish(status)

@@ -6,8 +6,8 @@ task group, a cancel scope and a lock around every send, ~20 KB per stream) and
 replaced by this writer, which does the three things the relay needs:
 
 - frames pre-encoded events (`data: ...\\n\\n`) and writes them;
-- notices a client hang-up while the answer is idle, through one helper task that
-  waits on `receive()` and cancels the stream, so the upstream request is closed at
+- notices a client hang-up while the answer is idle (hang_up.py: one helper task that
+  waits on `receive()` and cancels the stream), so the upstream request is closed at
   once instead of at the next piece;
 - sends `: ping` comments while the upstream is silent, so proxies with idle timeouts
   keep the connection open.
@@ -28,6 +28,8 @@ from collections.abc import AsyncGenerator, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from gptomni_relay.hang_up import HangUpWatch
 
 SERVER_SEND_SCOPE_KEY = "gptomni.server_send"
 PING = b": ping\n\n"
@@ -53,61 +55,36 @@ class EventStreamResponse(Response):
         self.background = None
         # No Content-Length: init_headers adds one only when a body is set.
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})})
-        self._hung_up = False
         self._last_write = 0.0
         self._write_lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         write_piece: Send = scope.get(SERVER_SEND_SCOPE_KEY, send)
-        stream_task = asyncio.current_task()
-        assert stream_task is not None
-        watcher = loop.create_task(self._watch_client(receive, send, stream_task))
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            last = b""
-            async for event in self.events:
-                if type(event) is LastEvents:
-                    last = event  # the generator ends right after it, running its clean-up
-                    continue
+            async with HangUpWatch(receive, self.ping_seconds, lambda: self._ping(send)) as watch:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                last = b""
+                async for event in self.events:
+                    if type(event) is LastEvents:
+                        last = event  # the generator ends right after it, running its clean-up
+                        continue
+                    async with self._write_lock:
+                        await write_piece({"type": "http.response.body", "body": event, "more_body": True})
+                    self._last_write = loop.time()
                 async with self._write_lock:
-                    await write_piece({"type": "http.response.body", "body": event, "more_body": True})
-                self._last_write = loop.time()
-            async with self._write_lock:
-                watcher.cancel()
-                await send({"type": "http.response.body", "body": bytes(last), "more_body": False})
-        except asyncio.CancelledError:
-            # Our own cancellation (the client hung up) ends the response quietly;
-            # anyone else's (server shutdown) propagates.
-            if self._hung_up and stream_task.uncancel() == 0:
-                return
-            raise
+                    watch.stop()
+                    await send({"type": "http.response.body", "body": bytes(last), "more_body": False})
         except OSError:
             return  # the socket died under a write: the same as a hang-up
         finally:
-            watcher.cancel()
             # Runs the generator's own clean-up (closing upstream) even when the
             # cancellation landed in a write rather than inside the generator.
             await self.events.aclose()
 
-    async def _watch_client(self, receive: Receive, send: Send, stream_task: asyncio.Task[None]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                async with asyncio.timeout(self.ping_seconds or None):
-                    message = await receive()
-            except TimeoutError:
-                if loop.time() - self._last_write < self.ping_seconds:
-                    continue
-                try:
-                    async with self._write_lock:
-                        await send({"type": "http.response.body", "body": PING, "more_body": True})
-                except OSError:
-                    message = {"type": "http.disconnect"}
-                else:
-                    self._last_write = loop.time()
-                    continue
-            if message["type"] == "http.disconnect":
-                self._hung_up = True
-                stream_task.cancel()
-                return
+    async def _ping(self, send: Send) -> None:
+        if asyncio.get_running_loop().time() - self._last_write < self.ping_seconds:
+            return
+        async with self._write_lock:
+            await send({"type": "http.response.body", "body": PING, "more_body": True})
+        self._last_write = asyncio.get_running_loop().time()
