@@ -1,4 +1,5 @@
-"""Hanging up mid-stream cancels the upstream request and frees the credential slot."""
+"""A client that hangs up (mid-stream, during silence, or on a non-streamed request) cancels
+the upstream request and frees the credential slot; pings keep silent streams open."""
 
 from __future__ import annotations
 
@@ -10,24 +11,34 @@ from gptomni_relay.simulator import Behaviour, SimulatorState
 
 from tests.harness import Harness
 
+MESSAGES = [{"role": "user", "content": "long"}]
 
-async def test_client_disconnect_cancels_the_upstream_request(make_relay) -> None:  # noqa: ANN001
-    sim = SimulatorState(default=Behaviour(token_delay=0.2, answer_words=100))
-    relay: Harness = make_relay(sim=sim)
+
+async def read_first_event_and_hang_up(relay: Harness, sim: SimulatorState) -> None:
     async with httpx.AsyncClient(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}) as http:
         async with http.stream("POST", "/v1/chat/completions",
-                               json={"model": "gptomni", "messages": [{"role": "user", "content": "long"}],
-                                     "stream": True}) as response:
+                               json={"model": "gptomni", "messages": MESSAGES, "stream": True}) as response:
             lines = response.aiter_lines()
             while not (await anext(lines)).startswith("data: "):
                 pass
             assert sim.active == 1
-        # The client has hung up after the first event.
-    deadline = time.monotonic() + 3
-    while (sim.active or relay.runtime.pool.total_in_flight()) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert sim.active == 0 and sim.unfinished == 1 and sim.completed == 0
-    assert relay.runtime.pool.total_in_flight() == 0
+
+
+async def seconds_until_released(relay: Harness, sim: SimulatorState) -> float:
+    """How long after a hang-up the upstream request and the credential slot are gone (≤ 3 s)."""
+    hung_up = time.monotonic()
+    while (sim.active or relay.runtime.pool.total_in_flight()) and time.monotonic() - hung_up < 3:
+        await asyncio.sleep(0.02)
+    assert sim.active == 0 and sim.completed == 0 and relay.runtime.pool.total_in_flight() == 0
+    return time.monotonic() - hung_up
+
+
+async def test_client_disconnect_cancels_the_upstream_request(make_relay) -> None:  # noqa: ANN001
+    sim = SimulatorState(default=Behaviour(token_delay=0.2, answer_words=100))
+    relay: Harness = make_relay(sim=sim)
+    await read_first_event_and_hang_up(relay, sim)
+    await seconds_until_released(relay, sim)
+    assert sim.unfinished == 1
     assert 'gptomni_requests_total{model="gptomni",status="499",stream="true"} 1.0' in relay.metrics_text()
 
 
@@ -35,18 +46,8 @@ async def test_hang_up_during_upstream_silence_cancels_at_once(make_relay) -> No
     """No piece is due for 5 s: the hang-up itself, not the next write, must end the request."""
     sim = SimulatorState(default=Behaviour(token_delay=5.0, answer_words=3))
     relay: Harness = make_relay(sim=sim)
-    async with httpx.AsyncClient(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}) as http:
-        async with http.stream("POST", "/v1/chat/completions",
-                               json={"model": "gptomni", "messages": [{"role": "user", "content": "slow"}],
-                                     "stream": True}) as response:
-            lines = response.aiter_lines()
-            while not (await anext(lines)).startswith("data: "):
-                pass
-    hung_up = time.monotonic()
-    while (sim.active or relay.runtime.pool.total_in_flight()) and time.monotonic() - hung_up < 3:
-        await asyncio.sleep(0.02)
-    assert time.monotonic() - hung_up < 1.0
-    assert sim.active == 0 and relay.runtime.pool.total_in_flight() == 0
+    await read_first_event_and_hang_up(relay, sim)
+    assert await seconds_until_released(relay, sim) < 1.0
 
 
 async def test_pings_keep_a_silent_stream_open_and_clients_ignore_them(make_relay) -> None:  # noqa: ANN001
@@ -70,18 +71,12 @@ async def test_hang_up_without_streaming_cancels_the_upstream_request(make_relay
     sim = SimulatorState(default=Behaviour(token_delay=0.5, answer_words=20))
     relay: Harness = make_relay(sim=sim)
     async with httpx.AsyncClient(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}) as http:
-        request = asyncio.ensure_future(
-            http.post("/v1/chat/completions", json={"model": "gptomni", "messages": [{"role": "user", "content": "x"}]})
-        )
+        request = asyncio.ensure_future(http.post("/v1/chat/completions", json={"model": "gptomni", "messages": MESSAGES}))
         deadline = time.monotonic() + 3
         while sim.active == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert sim.active == 1
         request.cancel()  # the client gives up and closes its connection
         await asyncio.gather(request, return_exceptions=True)
-    hung_up = time.monotonic()
-    while (sim.active or relay.runtime.pool.total_in_flight()) and time.monotonic() - hung_up < 3:
-        await asyncio.sleep(0.02)
-    assert time.monotonic() - hung_up < 1.0
-    assert sim.active == 0 and sim.completed == 0 and relay.runtime.pool.total_in_flight() == 0
+    assert await seconds_until_released(relay, sim) < 1.0
     assert 'gptomni_requests_total{model="gptomni",status="499",stream="false"} 1.0' in relay.metrics_text()
