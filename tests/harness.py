@@ -48,20 +48,10 @@ class BackgroundLoop:
     def close(self) -> None:
         try:
             self.run(self._stack.aclose(), timeout=60)
-            self.run(_cancel_leftover_tasks(), timeout=10)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             self.loop.close()
-
-
-async def _cancel_leftover_tasks() -> None:
-    """Library housekeeping tasks (aiohttp's, anyio's) can outlive the servers."""
-    current = asyncio.current_task()
-    leftovers = [task for task in asyncio.all_tasks() if task is not current]
-    for task in leftovers:
-        task.cancel()
-    await asyncio.gather(*leftovers, return_exceptions=True)
 
 
 def write_pool_file(directory: Path, entries: list[dict[str, Any]]) -> None:
