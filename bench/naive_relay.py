@@ -15,6 +15,7 @@ import requests
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
+from gptomni_relay.upstream.protocol import chat_body, chat_headers, chat_url
 
 app = FastAPI()
 UPSTREAM = ""
@@ -25,9 +26,8 @@ async def chat(request: Request) -> StreamingResponse:
     body = await request.json()
     prompt = body["messages"][-1]["content"]
     # The seed's mistake: a blocking call in `async def` (no thread, no await).
-    upstream = requests.post(f"{UPSTREAM}/api/chatWithText", data=json.dumps({"prompt": prompt}),
-                             headers={"Content-Type": "text/plain;charset=UTF-8", "Cookie": "session=bench"},
-                             stream=True, timeout=60)
+    upstream = requests.post(chat_url(UPSTREAM), data=chat_body(prompt),
+                             headers=chat_headers(UPSTREAM, "session=bench", "gptomni-bench"), stream=True, timeout=60)
     pieces = list(upstream.iter_content(chunk_size=None, decode_unicode=True))
 
     def events():  # noqa: ANN202

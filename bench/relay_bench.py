@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 from gptomni_relay.serving import tune_gc_for_serving
+from gptomni_relay.upstream.protocol import chat_body, chat_headers, chat_url
 
 HERE = Path(__file__).resolve().parent
 KEY = "sk-bench-key-0123456789"
@@ -94,16 +95,20 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def post_chat(http: aiohttp.ClientSession, url: str, direct: bool, stream: bool) -> Any:
+    """One chat request: to the relay in OpenAI form, or `direct` to the simulator in GPT-Omni's
+    own form (the relay's protocol module, so both sides send the same upstream request)."""
+    if direct:
+        return http.post(chat_url(url), data=chat_body("bench"),
+                         headers=chat_headers(url, "session=bench", "gptomni-bench"))
+    return http.post(f"{url}/v1/chat/completions", json={**PROMPT, "stream": stream},
+                     headers={"Authorization": f"Bearer {KEY}"})
+
+
 async def stream_once(http: aiohttp.ClientSession, url: str, direct: bool, timing: Timing) -> None:
     started = time.monotonic()
     try:
-        if direct:
-            request = http.post(f"{url}/api/chatWithText", data=b'{"prompt":"bench"}',
-                                headers={"Content-Type": "text/plain;charset=UTF-8", "Cookie": "session=bench"})
-        else:
-            request = http.post(f"{url}/v1/chat/completions", json={**PROMPT, "stream": True},
-                                headers={"Authorization": f"Bearer {KEY}"})
-        async with request as response:
+        async with post_chat(http, url, direct, stream=True) as response:
             if response.status != 200:
                 timing.errors += 1
                 return
@@ -165,16 +170,9 @@ async def throughput(url: str, direct: bool, total: int, concurrency: int, budge
 
         async def one() -> None:
             nonlocal done
-            async with semaphore:
-                if direct:
-                    request = http.post(f"{url}/api/chatWithText", data=b'{"prompt":"q"}',
-                                        headers={"Content-Type": "text/plain", "Cookie": "session=bench"})
-                else:
-                    request = http.post(f"{url}/v1/chat/completions", json=PROMPT,
-                                        headers={"Authorization": f"Bearer {KEY}"})
-                async with request as response:
-                    await response.read()
-                    done += response.status == 200
+            async with semaphore, post_chat(http, url, direct, stream=False) as response:
+                await response.read()
+                done += response.status == 200
 
         started = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(one() for _ in range(total))), timeout=budget)
