@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from pydantic_core import to_json
 
 from gptomni_relay.answer import OpenAnswer, upstream_error
@@ -31,16 +32,17 @@ from gptomni_relay.usage import estimate_usage
 log = logging.getLogger(__name__)
 
 
+def sse_event(chunk: BaseModel) -> bytes:
+    return sse_data(chunk.model_dump_json().encode())
+
+
 class ContentChunkTemplate:
     """Renders the common chunk (`delta: {content}` only) by splicing the JSON-encoded
-    piece into the model's own rendering: one model dump per stream, not per piece."""
+    piece into the model's own rendered event: one model dump per stream, not per piece."""
 
     def __init__(self, chunk_for: Callable[[Delta], ChatCompletionChunk]) -> None:
         marker = f"piece-{uuid.uuid4().hex}"
-        rendered = chunk_for(Delta(content=marker)).model_dump_json()
-        prefix, suffix = rendered.encode().split(to_json(marker))
-        self._frame_start = b"data: " + prefix
-        self._frame_end = suffix + b"\n\n"
+        self._frame_start, self._frame_end = sse_event(chunk_for(Delta(content=marker))).split(to_json(marker))
 
     def event(self, piece: str) -> bytes:
         return b"".join((self._frame_start, to_json(piece), self._frame_end))
@@ -69,21 +71,21 @@ class CompletionWriter:
         try:
             pieces = self._answer.pieces()
             first = await anext(pieces)
-            yield sse_data(self._chunk(Delta(role="assistant", content=first)).model_dump_json().encode())
+            yield sse_event(self._chunk(Delta(role="assistant", content=first)))
             template = ContentChunkTemplate(self._chunk)
             async for piece in pieces:
                 yield template.event(piece)
-            closing = [sse_data(self._chunk().model_dump_json().encode())]
+            closing = [sse_event(self._chunk())]
             usage = self._account()
             options = self._body.stream_options
             if options is not None and options.include_usage:
-                closing.append(sse_data(self._chunk(usage=usage).model_dump_json().encode()))
+                closing.append(sse_event(self._chunk(usage=usage)))
             closing.append(sse_data(b"[DONE]"))
             yield LastEvents(b"".join(closing))
         except UpstreamError as exc:
             error = upstream_error(exc)
             status = str(error.status)
-            yield LastEvents(sse_data(error.body().model_dump_json().encode()))
+            yield LastEvents(sse_event(error.body()))
         except BaseException:
             status = "499"  # the client went away; nginx's name for it
             raise
