@@ -38,13 +38,15 @@ class RelayApp(FastAPI):
             return await super().__call__(scope, receive, send)
         scope[SERVER_SEND_SCOPE_KEY] = send
         incoming = None if self.records_server_spans else incoming_trace_context(scope["headers"])
-        if incoming is None:
-            return await super().__call__(scope, receive, send)
-        token = otel_context.attach(incoming)
+        token = None if incoming is None else otel_context.attach(incoming)
         try:
             await super().__call__(scope, receive, send)
         finally:
-            otel_context.detach(token)
+            if token is not None:
+                otel_context.detach(token)
+            # `send` is a method of the server's request object, which holds this scope:
+            # left here, the pair would wait for the garbage collector (tests/test_no_cycles.py).
+            del scope[SERVER_SEND_SCOPE_KEY]
 
 
 def create_app(settings: RelaySettings | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:

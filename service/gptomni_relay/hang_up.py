@@ -32,17 +32,22 @@ class HangUpWatch:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._watcher: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._watch())
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         traceback: TracebackType | None) -> bool:
-        self._watcher.cancel()
+        self.stop()
         return exc_type is asyncio.CancelledError and self.hung_up and self._task.uncancel() == 0
 
     def stop(self) -> None:
         """No more idle callbacks or hang-up cancellation (before the final write)."""
-        self._watcher.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            # The cancelled watcher keeps its CancelledError, whose traceback holds this
+            # object: holding the watcher in return would make a cycle, and with it the
+            # whole finished request would wait for the garbage collector (tests/test_no_cycles.py).
+            self._watcher = None
 
     async def _watch(self) -> None:
         while True:
