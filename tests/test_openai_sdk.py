@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from gptomni_relay.simulator import Behaviour, SimulatorState
@@ -25,13 +27,26 @@ def test_sync_stream_has_role_first_finish_last_and_done(make_relay) -> None:  #
     assert len(chunks) == 10  # nine pieces as the upstream sent them, then the finish chunk
 
 
-def test_stream_wire_format_ends_with_done(relay: Harness) -> None:
+def stream_events(relay: Harness, **extra: object) -> list[str]:
     with relay.http().stream("POST", "/v1/chat/completions",
-                             json={"model": "gptomni", "messages": HELLO, "stream": True}) as response:
+                             json={"model": "gptomni", "messages": HELLO, "stream": True, **extra}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = [line for line in response.iter_lines() if line.startswith("data: ")]
-    assert events[-1] == "data: [DONE]"
+        return [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_stream_wire_format_ends_with_done(relay: Harness) -> None:
+    events = stream_events(relay)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    # As OpenAI: no `usage` field at all unless the client asks for usage.
+    assert all("usage" not in chunk and chunk["choices"][0]["logprobs"] is None for chunk in chunks)
+
+
+def test_stream_with_include_usage_has_null_usage_until_the_usage_chunk(relay: Harness) -> None:
+    chunks = [json.loads(event) for event in stream_events(relay, stream_options={"include_usage": True})[:-1]]
+    assert all(chunk["usage"] is None for chunk in chunks[:-1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
 
 
 async def test_async_stream_with_usage_chunk(relay: Harness) -> None:

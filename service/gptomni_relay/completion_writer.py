@@ -40,9 +40,9 @@ class ContentChunkTemplate:
     """Renders the common chunk (`delta: {content}` only) by splicing the JSON-encoded
     piece into the model's own rendered event: one model dump per stream, not per piece."""
 
-    def __init__(self, chunk_for: Callable[[Delta], ChatCompletionChunk]) -> None:
+    def __init__(self, event_for: Callable[[Delta], bytes]) -> None:
         marker = f"piece-{uuid.uuid4().hex}"
-        self._frame_start, self._frame_end = sse_event(chunk_for(Delta(content=marker))).split(to_json(marker))
+        self._frame_start, self._frame_end = event_for(Delta(content=marker)).split(to_json(marker))
 
     def event(self, piece: str) -> bytes:
         return b"".join((self._frame_start, to_json(piece), self._frame_end))
@@ -58,11 +58,16 @@ class CompletionWriter:
         self._prompt = prompt
         self._answer = answer
         self._started = started
+        options = body.stream_options
+        self._include_usage = options is not None and options.include_usage
 
-    def _chunk(self, delta: Delta | None = None, usage: Usage | None = None) -> ChatCompletionChunk:
-        """A chunk with one choice carrying `delta`; with no delta, the closing chunk."""
+    def _chunk_event(self, delta: Delta | None = None, usage: Usage | None = None) -> bytes:
+        """A chunk with one choice carrying `delta`; with no delta, the closing chunk; with
+        `usage`, the usage chunk. Like OpenAI, chunks carry the `usage` field (null until the
+        last) only when the client asked for usage in `stream_options`."""
         choices = [] if usage else [ChunkChoice(delta=delta or Delta(), finish_reason=None if delta else "stop")]
-        return ChatCompletionChunk(id=self.id, created=self.created, model=self._body.model, choices=choices, usage=usage)
+        chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self._body.model, choices=choices, usage=usage)
+        return sse_data(chunk.model_dump_json(exclude=None if self._include_usage else {"usage"}).encode())
 
     async def sse_events(self) -> AsyncGenerator[bytes, None]:
         metrics = self._runtime.metrics
@@ -71,15 +76,14 @@ class CompletionWriter:
         try:
             pieces = self._answer.pieces()
             first = await anext(pieces)
-            yield sse_event(self._chunk(Delta(role="assistant", content=first)))
-            template = ContentChunkTemplate(self._chunk)
+            yield self._chunk_event(Delta(role="assistant", content=first))
+            template = ContentChunkTemplate(self._chunk_event)
             async for piece in pieces:
                 yield template.event(piece)
-            closing = [sse_event(self._chunk())]
+            closing = [self._chunk_event()]
             usage = self._account()
-            options = self._body.stream_options
-            if options is not None and options.include_usage:
-                closing.append(sse_event(self._chunk(usage=usage)))
+            if self._include_usage:
+                closing.append(self._chunk_event(usage=usage))
             closing.append(sse_data(b"[DONE]"))
             yield LastEvents(b"".join(closing))
         except UpstreamError as exc:
