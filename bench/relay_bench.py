@@ -82,6 +82,9 @@ class Timing:
     # Time to the first piece minus the time the simulator held the request (from the
     # simulator's stamps): the path's own share, free of the simulator's timer jitter.
     path: list[float] = field(default_factory=list)
+    # Per stamped request: the simulator's arrival stamp as sent, then monotonic times of
+    # request start, the simulator's send of the first piece, and its arrival here.
+    stamped: list[tuple[str, float, float, float]] = field(default_factory=list)
     errors: int = 0
 
 
@@ -122,6 +125,7 @@ async def stream_once(http: aiohttp.ClientSession, url: str, direct: bool, timin
                     if stamp:
                         arrived, sent = float(stamp[1]), float(stamp[2])
                         timing.path.append((arrived - started) + (now - sent))
+                        timing.stamped.append((stamp[1].decode(), started, sent, now))
         timing.total.append(time.monotonic() - started)
     except (TimeoutError, aiohttp.ClientError):
         timing.errors += 1
@@ -190,16 +194,18 @@ def relay_env(sim_url: str) -> dict[str, str]:
 
 
 @contextmanager
-def stack(first_byte: float, token_delay: float, words: int, naive: bool = False) -> Iterator[dict[str, Any]]:
+def stack(first_byte: float, token_delay: float, words: int, naive: bool = False,
+          relay_command: list[str] | None = None, relay_extra_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     sim_port, relay_port, naive_port = free_port(), free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     with process([sys.executable, str(HERE / "run_simulator.py"), "--port", str(sim_port), "--first-byte-delay",
                   str(first_byte), "--token-delay", str(token_delay), "--answer-words", str(words), "--stamp-times"],
-                 ready_url=f"{sim_url}/__simulator__/health"):
-        with process(["gptomni-relay" if not sys.executable else sys.executable, "-m", "gptomni_relay", "--host",
-                      "127.0.0.1", "--port", str(relay_port)], env=relay_env(sim_url),
+                 ready_url=f"{sim_url}/__simulator__/health") as simulator:
+        with process([*(relay_command or [sys.executable, "-m", "gptomni_relay"]), "--host", "127.0.0.1",
+                      "--port", str(relay_port)], env={**relay_env(sim_url), **(relay_extra_env or {})},
                      ready_url=f"http://127.0.0.1:{relay_port}/healthz") as relay:
-            info: dict[str, Any] = {"sim": sim_url, "relay": f"http://127.0.0.1:{relay_port}", "relay_pid": relay.pid}
+            info: dict[str, Any] = {"sim": sim_url, "relay": f"http://127.0.0.1:{relay_port}", "relay_pid": relay.pid,
+                                    "sim_pid": simulator.pid}
             if not naive:
                 yield info
                 return

@@ -1,5 +1,6 @@
-"""The benchmark still runs: a miniature of bench/relay_bench.py (numbers are not asserted;
-this is not a timed test, only a guard against a benchmark that silently rots)."""
+"""The benchmarks still run: miniatures of bench/relay_bench.py and bench/latency_breakdown.py
+(numbers are not asserted; these are not timed tests, only guards against benchmarks that
+silently rot)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "relay_bench.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("relay_bench", BENCH)
+def load_bench(name: str = "relay_bench") -> ModuleType:
+    if str(BENCH) not in sys.path:
+        sys.path.append(str(BENCH))  # the scripts import each other, as when run from bench/
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["relay_bench"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -35,3 +38,15 @@ def test_overhead_measurement_runs_through_the_relay_and_reads_the_simulator_sta
 def test_relay_cpu_cost_is_read_from_the_relay_process() -> None:
     cost = load_bench().relay_cpu_cost(100)
     assert cost["setup_ms"] > 0 and cost["per_piece_us"] > 0
+
+
+def test_latency_breakdown_joins_the_relay_timings_with_the_clients(capsys) -> None:  # noqa: ANN001
+    breakdown = load_bench("latency_breakdown")
+    result = breakdown.measure(streams=5, seconds=1.5, token_delay=0.01, words=5)
+    assert result["errors"] == 0 and len(result["rows"]) > 0
+    for legs, _ in result["rows"]:
+        assert set(legs) == set(breakdown.LEGS)
+        # The relay's own steps are ordered in time, on the clock all three processes share.
+        assert legs["relay writes"] >= 0 and legs["relay -> simulator"] > 0
+    breakdown.print_report(result, worst=2)
+    assert "relay -> simulator" in capsys.readouterr().out
