@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -30,7 +31,13 @@ def test_demo_mode_serves_the_openai_sdk_and_prints_its_key() -> None:
         client.close()
         relay.process.send_signal(signal.SIGTERM)
         relay.process.wait(20)
-        assert DEMO_API_KEY in relay.output()
+        output = relay.output()
+        assert DEMO_API_KEY in output
+    # Every log line is one JSON object a log pipeline can take as it is.
+    log_lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert any(line["message"] == "chat completion finished" for line in log_lines)
+    assert all({"asctime", "level", "name", "message"} <= line.keys() for line in log_lines)
+    assert "\x1b" not in output and not any("color_message" in line for line in log_lines)
 
 
 def test_refuses_to_start_without_an_api_key() -> None:

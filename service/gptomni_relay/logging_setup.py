@@ -6,6 +6,7 @@ import logging
 import sys
 
 from opentelemetry import trace
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 
@@ -23,7 +24,12 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler.addFilter(TraceContextFilter())
     if fmt == "json":
         handler.setFormatter(
-            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level"})
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level"},
+                # uvicorn attaches a copy of some messages with terminal colour codes.
+                reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+            )
         )
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
