@@ -114,14 +114,13 @@ class CompletionWriter:
                 except UpstreamError as exc:
                     await self._answer.aclose()
                     if not attempts_left():
-                        error = upstream_error(exc)
-                        status = str(error.status)
-                        raise error from None
-                try:
-                    self._answer = await reopen()
-                except APIError as error:
-                    status = str(error.status)
-                    raise
+                        # Raised without a name: a local holding it would hold this frame through
+                        # its traceback, a cycle only the garbage collector frees.
+                        raise upstream_error(exc) from None
+                self._answer = await reopen()
+        except APIError as error:
+            status = str(error.status)
+            raise
         except asyncio.CancelledError:
             status = "499"  # the client hung up (hang_up.py)
             raise

@@ -159,10 +159,12 @@ class UpstreamClient:
             while True:
                 try:
                     data = await content.readany()
-                except _UpstreamSilent:
+                except _UpstreamSilent as exc:
+                    _forget_tracebacks(exc)
                     what = "stalled mid-answer" if silence.received_any else "sent no answer in time"
                     raise UpstreamError(Outcome.TIMEOUT, f"upstream {what}") from None
                 except aiohttp.ClientError as exc:
+                    _forget_tracebacks(exc)
                     raise UpstreamError(Outcome.ERROR, f"upstream stream broke ({type(exc).__name__})") from None
                 if not data:  # end of body
                     tail = decoder.decode(b"", final=True)
@@ -179,6 +181,15 @@ class UpstreamClient:
 
 class _UpstreamSilent(Exception):
     pass
+
+
+def _forget_tracebacks(exc: BaseException | None) -> None:
+    """aiohttp's reader keeps the exception it was failed with, and that exception's
+    traceback holds the reader's frames: a cycle that keeps the whole broken response for
+    the garbage collector. Nothing reads these tracebacks (UpstreamError replaces them)."""
+    while exc is not None:
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 class _SilenceDeadline:
