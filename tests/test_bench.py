@@ -1,6 +1,6 @@
-"""The benchmarks still run: miniatures of bench/relay_bench.py and bench/latency_breakdown.py
-(numbers are not asserted; these are not timed tests, only guards against benchmarks that
-silently rot)."""
+"""The benchmarks still run: miniatures of bench/relay_bench.py, bench/latency_breakdown.py
+and bench/ab_compare.py (numbers are not asserted; these are not timed tests, only guards
+against benchmarks that silently rot)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import math
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -50,3 +52,14 @@ def test_latency_breakdown_joins_the_relay_timings_with_the_clients(capsys) -> N
         assert legs["relay writes"] >= 0 and legs["relay -> simulator"] > 0
     breakdown.print_report(result, worst=2)
     assert "relay -> simulator" in capsys.readouterr().out
+
+
+def test_ab_compare_runs_a_relay_from_another_revision() -> None:
+    ab = load_bench("ab_compare")
+    if not (ab.ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    with ab.service_path("HEAD") as service:
+        assert (Path(service) / "gptomni_relay" / "app.py").is_file() and Path(service) != ab.ROOT / "service"
+        row = ab.one_round(service, streams=3, profile="fast", seconds=1.0)
+    assert row["errors"] == 0 and row["samples"] > 0
+    assert not Path(service).exists()  # the temporary worktree is gone

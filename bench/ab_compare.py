@@ -1,0 +1,90 @@
+"""Compare the relay at two git revisions under the same load, in alternating rounds.
+
+On a small shared machine one run's p99 moves by a factor of two from run to run
+(docs/performance.md), so "before" and "after" measured minutes apart say little. This
+runs the relay of both revisions against one simulator profile in turns (A, B, A, B, ...)
+and prints every round and the median of each column.
+
+    .venv/bin/python bench/ab_compare.py HEAD~1            # HEAD~1 against the work tree
+    .venv/bin/python bench/ab_compare.py main HEAD --streams 500 --profile fast --rounds 6
+
+A revision is checked out into a temporary git worktree and its relay started with that
+worktree's `service/` first on PYTHONPATH; the work tree is used as it is ("worktree").
+The simulator and the load generator are always the work tree's, so only the relay differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import relay_bench as bench
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK_TREE = "worktree"
+PROFILES = {  # first byte, seconds between pieces, pieces: as in relay_bench.py
+    "chat": (0.05, 0.05, 60),
+    "fast": (0.05, 0.02, 20),
+    "slow": (0.05, 0.2, 20),
+}
+COLUMNS = ("added_first_piece_p50_ms", "added_first_piece_p99_ms", "overhead_ttfb_p99_ms", "overhead_total_p99_ms")
+
+
+@contextmanager
+def service_path(revision: str) -> Iterator[str]:
+    """The `service/` directory holding the relay's code at `revision`."""
+    if revision == WORK_TREE:
+        yield str(ROOT / "service")
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        checkout = Path(scratch) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(checkout), revision], check=True)
+        try:
+            yield str(checkout / "service")
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)], check=False)
+
+
+def one_round(service: str, streams: int, profile: str, seconds: float) -> dict[str, float]:
+    first_byte, token_delay, words = PROFILES[profile]
+    with bench.stack(first_byte, token_delay, words, relay_extra_env={"PYTHONPATH": service}) as s:
+        spread = first_byte + token_delay * words
+        direct = asyncio.run(bench.sustained(s["sim"], True, streams, seconds, spread=spread))
+        relayed = asyncio.run(bench.sustained(s["relay"], False, streams, seconds, spread=spread))
+    return bench.summarise(direct, relayed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", help="git revision, or 'worktree'")
+    parser.add_argument("b", nargs="?", default=WORK_TREE, help="git revision, or 'worktree' (the default)")
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="chat")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per revision")
+    parser.add_argument("--seconds", type=float, default=10, help="load per round and side")
+    args = parser.parse_args()
+    bench.tune_gc_for_serving()
+    results: dict[str, list[dict[str, float]]] = {args.a: [], args.b: []}
+    with ExitStack() as stack:
+        services = {revision: stack.enter_context(service_path(revision)) for revision in results}
+        for round_number in range(args.rounds):
+            for revision in results:
+                row = one_round(services[revision], args.streams, args.profile, args.seconds)
+                results[revision].append(row)
+                print(f"round {round_number + 1} {revision:>12}: "
+                      + "  ".join(f"{column.removesuffix('_ms')} {row[column]:7.2f}" for column in COLUMNS)
+                      + f"  errors {row['errors']}", flush=True)
+    print(f"\nmedians over {args.rounds} rounds, {args.streams} streams, profile {args.profile} (ms)")
+    print(f"{'revision':>12} " + " ".join(f"{column.removesuffix('_ms'):>26}" for column in COLUMNS))
+    for revision, rows in results.items():
+        print(f"{revision:>12} " + " ".join(f"{statistics.median(r[c] for r in rows):>26.2f}" for c in COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
