@@ -187,7 +187,9 @@ def _forget_tracebacks(exc: BaseException | None) -> None:
     """aiohttp's reader keeps the exception it was failed with, and that exception's
     traceback holds the reader's frames: a cycle that keeps the whole broken response for
     the garbage collector. Nothing reads these tracebacks (UpstreamError replaces them)."""
-    while exc is not None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # an explicit `__cause__` may loop back
+        seen.add(id(exc))
         exc.__traceback__ = None
         exc = exc.__cause__ or exc.__context__
 
