@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -63,3 +64,13 @@ def test_ab_compare_runs_a_relay_from_another_revision() -> None:
         row = ab.one_round(service, streams=3, profile="fast", seconds=1.0)
     assert row["errors"] == 0 and row["samples"] > 0
     assert not Path(service).exists()  # the temporary worktree is gone
+
+
+def test_overhead_with_the_relay_on_its_own_core() -> None:
+    bench = load_bench()
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    before = os.sched_getaffinity(0)
+    row = bench.overhead_levels(0.0, 0.01, 5, levels=[3], seconds=1.0, relay_own_core=True)["sustained"][3]
+    assert row["errors"] == 0 and row["samples"] > 0
+    assert os.sched_getaffinity(0) == before  # the load generator is unpinned again
