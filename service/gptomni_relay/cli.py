@@ -20,7 +20,13 @@ from pydantic import ValidationError
 
 from gptomni_relay.logging_setup import configure_logging
 from gptomni_relay.runtime import ConfigurationError
-from gptomni_relay.serving import bind_socket, serve_app, tune_gc_for_serving, uvicorn_config
+from gptomni_relay.serving import (
+    bind_socket,
+    collect_young_objects_regularly,
+    serve_app,
+    tune_gc_for_serving,
+    uvicorn_config,
+)
 from gptomni_relay.settings import RelaySettings
 
 log = logging.getLogger("gptomni_relay")
@@ -88,6 +94,8 @@ async def run(settings: RelaySettings) -> None:
                 file=sys.stderr, flush=True,
             )
         tune_gc_for_serving()
+        young_collections = asyncio.create_task(collect_young_objects_regularly())
+        stack.callback(young_collections.cancel)
         server = uvicorn.Server(uvicorn_config(
             app,
             # Open streams run on for the grace period, then are cancelled (closing upstream).
