@@ -16,7 +16,6 @@ The simulator and the load generator are always the work tree's, so only the rel
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import subprocess
 import tempfile
@@ -28,11 +27,6 @@ import relay_bench as bench
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK_TREE = "worktree"
-PROFILES = {  # first byte, seconds between pieces, pieces: as in relay_bench.py
-    "chat": (0.05, 0.05, 60),
-    "fast": (0.05, 0.02, 20),
-    "slow": (0.05, 0.2, 20),
-}
 COLUMNS = ("added_first_piece_p50_ms", "added_first_piece_p99_ms", "overhead_ttfb_p99_ms", "overhead_total_p99_ms")
 
 
@@ -52,12 +46,8 @@ def service_path(revision: str) -> Iterator[str]:
 
 
 def one_round(service: str, streams: int, profile: str, seconds: float) -> dict[str, float]:
-    first_byte, token_delay, words = PROFILES[profile]
-    with bench.stack(first_byte, token_delay, words, relay_extra_env={"PYTHONPATH": service}) as s:
-        spread = first_byte + token_delay * words
-        direct = asyncio.run(bench.sustained(s["sim"], True, streams, seconds, spread=spread))
-        relayed = asyncio.run(bench.sustained(s["relay"], False, streams, seconds, spread=spread))
-    return bench.summarise(direct, relayed)
+    return bench.overhead_levels(*bench.PROFILES[profile], [streams], seconds,
+                                 relay_extra_env={"PYTHONPATH": service})["sustained"][streams]
 
 
 def main() -> None:
@@ -65,7 +55,7 @@ def main() -> None:
     parser.add_argument("a", help="git revision, or 'worktree'")
     parser.add_argument("b", nargs="?", default=WORK_TREE, help="git revision, or 'worktree' (the default)")
     parser.add_argument("--streams", type=int, default=100)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="chat")
+    parser.add_argument("--profile", choices=sorted(bench.PROFILES), default="chat")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per revision")
     parser.add_argument("--seconds", type=float, default=10, help="load per round and side")
     args = parser.parse_args()

@@ -269,11 +269,24 @@ def relay_on_its_own_core(s: dict[str, Any]) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+# Simulator profiles: seconds to the first byte, seconds between pieces, pieces.
+# Chat-like: 60 pieces 50 ms apart (20 pieces/s, ~3 s). Fast and short: 20 pieces 20 ms
+# apart (44 pieces/s, ~0.45 s; at 100 streams, 220 new streams and 4,400 pieces a second).
+# Slow: 20 pieces 200 ms apart (5 pieces/s), the cadence capacity is measured at.
+PROFILES: dict[str, tuple[float, float, int]] = {
+    "chat": (0.05, 0.05, 60),
+    "fast": (0.05, 0.02, 20),
+    "slow": (0.05, 0.2, 20),
+}
+
+
 def overhead_levels(first_byte: float, token_delay: float, words: int, levels: list[int], seconds: float,
-                    bursts: bool = False, relay_own_core: bool = False) -> dict[str, Any]:
+                    bursts: bool = False, relay_own_core: bool = False,
+                    relay_extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     stream_seconds = first_byte + token_delay * words
     out: dict[str, Any] = {"sustained": {}, "bursts": {}}
-    with stack(first_byte, token_delay, words) as s, relay_on_its_own_core(s) if relay_own_core else nullcontext():
+    with (stack(first_byte, token_delay, words, relay_extra_env=relay_extra_env) as s,
+          relay_on_its_own_core(s) if relay_own_core else nullcontext()):
         for c in levels:
             direct = asyncio.run(sustained(s["sim"], True, c, seconds, spread=stream_seconds))
             relayed = asyncio.run(sustained(s["relay"], False, c, seconds, spread=stream_seconds))
@@ -296,15 +309,12 @@ def main() -> None:
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "platform": platform.platform()}}
     results["relay_cpu"] = relay_cpu_cost(300 if args.quick else 1000)
-    # Chat-like: 50 ms to the first byte, then 60 pieces 50 ms apart (20 pieces/s, ~3 s).
-    results["overhead_chat"] = overhead_levels(0.05, 0.05, 60, levels, 8 if args.quick else 20)
-    # Fast and short: 50 ms to the first byte, then 20 pieces 20 ms apart (44 pieces/s, ~0.45 s):
-    # at 100 streams that is 220 new streams and 4,400 pieces a second.
-    results["overhead_fast"] = overhead_levels(0.05, 0.02, 20, levels, 4 if args.quick else 8, bursts=True)
+    results["overhead_chat"] = overhead_levels(*PROFILES["chat"], levels, 8 if args.quick else 20)
+    results["overhead_fast"] = overhead_levels(*PROFILES["fast"], levels, 4 if args.quick else 8, bursts=True)
     if len(os.sched_getaffinity(0)) >= 2:
-        results["overhead_chat_own_core"] = overhead_levels(0.05, 0.05, 60, [1, 100], 8 if args.quick else 20,
+        results["overhead_chat_own_core"] = overhead_levels(*PROFILES["chat"], [1, 100], 8 if args.quick else 20,
                                                             relay_own_core=True)
-    with stack(0.05, 0.02, 20, naive=True) as s:
+    with stack(*PROFILES["fast"], naive=True) as s:
         naive = asyncio.run(wave(s["naive"], False, 100, 1, 120))
         relayed = asyncio.run(wave(s["relay"], False, 100, 1, 120))
         results["naive_vs_relay_100_streams"] = {
@@ -312,9 +322,9 @@ def main() -> None:
             "relay_total_p50_ms": pct(relayed.total, 0.5) * 1000, "relay_total_p99_ms": pct(relayed.total, 0.99) * 1000,
             "naive_errors": naive.errors,
         }
-    # Capacity at a slow chat cadence: 5 pieces/s per stream (200 ms apart, 20 pieces).
+    # Capacity at a slow chat cadence: 5 pieces/s per stream.
     seconds = 8 if args.quick else 16
-    with stack(0.05, 0.2, 20) as s:
+    with stack(*PROFILES["slow"]) as s:
         capacity = {}
         for c in capacity_levels:
             direct = asyncio.run(sustained(s["sim"], True, c, seconds, spread=4.0))

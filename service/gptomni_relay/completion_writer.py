@@ -32,8 +32,8 @@ from gptomni_relay.usage import estimate_usage
 log = logging.getLogger(__name__)
 
 
-def sse_event(chunk: BaseModel) -> bytes:
-    return sse_data(chunk.model_dump_json().encode())
+def sse_event(chunk: BaseModel, exclude: set[str] | None = None) -> bytes:
+    return sse_data(chunk.model_dump_json(exclude=exclude).encode())
 
 
 class ContentChunkTemplate:
@@ -67,7 +67,7 @@ class CompletionWriter:
         last) only when the client asked for usage in `stream_options`."""
         choices = [] if usage else [ChunkChoice(delta=delta or Delta(), finish_reason=None if delta else "stop")]
         chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self._body.model, choices=choices, usage=usage)
-        return sse_data(chunk.model_dump_json(exclude=None if self._include_usage else {"usage"}).encode())
+        return sse_event(chunk, exclude=None if self._include_usage else {"usage"})
 
     async def sse_events(self) -> AsyncGenerator[bytes, None]:
         metrics = self._runtime.metrics

@@ -44,8 +44,8 @@ def tune_gc_for_serving() -> None:
     VM), and under load every open stream adds ~250 more. With CPython's defaults a full
     collection ran every few seconds at 500 streams and took 100-200 ms: that was the
     relay's p99. So: freeze the start-up heap (never garbage, never walked again) and make
-    full collections ten times rarer; young collections stay as they are, so short-lived
-    cycles are still freed promptly.
+    full collections ten times rarer. Young collections keep CPython's thresholds; the relay
+    also runs them on a clock (`collect_young_objects_regularly`).
     """
     gc.collect()
     gc.freeze()
