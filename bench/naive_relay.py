@@ -15,7 +15,8 @@ import requests
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from gptomni_relay.upstream.protocol import chat_body, chat_headers, chat_url
+
+from gptomni_common.upstream.protocol import chat_body, chat_headers, chat_url
 
 app = FastAPI()
 UPSTREAM = ""

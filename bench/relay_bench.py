@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from gptomni_relay.serving import tune_gc_for_serving
-from gptomni_relay.upstream.protocol import chat_body, chat_headers, chat_url
+
+from gptomni_common.upstream.protocol import chat_body, chat_headers, chat_url
+from gptomni_relay.gc_tuning import tune_gc_for_serving
 
 HERE = Path(__file__).resolve().parent
 KEY = "sk-bench-key-0123456789"

@@ -24,7 +24,7 @@ from typing import Any
 
 from gptomni_relay import app as app_module
 from gptomni_relay import cli
-from gptomni_relay import event_stream as event_stream_module
+from gptomni_relay.openai_api import event_stream as event_stream_module
 
 STAMP = re.compile(rb"\[(\d+\.\d+) \d+\.\d+\] ")
 STALL_PROBE_SECONDS = 0.005

@@ -19,14 +19,15 @@ from typing import Any, TypeVar
 
 import httpx
 import openai
-from gptomni_relay.app import create_app
-from gptomni_relay.runtime import RelayRuntime
-from gptomni_relay.serving import RunningServer, serve_app
-from gptomni_relay.settings import RelaySettings
-from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gptomni_relay.app import create_app
+from gptomni_relay.server import RunningServer, serve_app
+from gptomni_relay.settings import RelaySettings
+from gptomni_relay.simulator import SimulatorState, build_simulator_app
+from gptomni_relay.state import RelayState
 
 T = TypeVar("T")
 API_KEY = "sk-test-key"
@@ -91,7 +92,7 @@ class Harness:
     sim: SimulatorState
     sim_server: RunningServer
     relay_server: RunningServer
-    runtime: RelayRuntime
+    state: RelayState
     spans: InMemorySpanExporter
     api_key: str = API_KEY
     _clients: list[Any] = field(default_factory=list)
@@ -145,4 +146,4 @@ def start_harness(
     options.update(settings)
     app = create_app(RelaySettings(**options), tracer_provider=provider)
     relay_server = servers.enter(serve_app(app, timeout_graceful_shutdown=5))
-    return Harness(servers, sim, sim_server, relay_server, app.state.runtime, spans)
+    return Harness(servers, sim, sim_server, relay_server, app.state.relay, spans)

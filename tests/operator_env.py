@@ -19,12 +19,12 @@ from typing import Any
 import aiohttp
 import kmock
 import kopf
+
 from gptomni_operator.handlers import register
 from gptomni_operator.settings import OperatorSettings
 from gptomni_operator.state import OperatorState
-from gptomni_relay.serving import RunningServer, serve_app
+from gptomni_relay.server import RunningServer, serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
-
 from tests.processes import free_port
 
 NS = "default"

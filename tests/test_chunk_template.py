@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from gptomni_relay.completion_writer import ContentChunkTemplate
-from gptomni_relay.event_stream import sse_data
-from gptomni_relay.schemas import ChatCompletionChunk, ChunkChoice, Delta
+
+from gptomni_relay.openai_api.completion_writer import ContentChunkTemplate
+from gptomni_relay.openai_api.event_stream import sse_data
+from gptomni_relay.openai_api.schemas import ChatCompletionChunk, ChunkChoice, Delta
 
 PIECES = ["plain", "", 'quotes " and \\ backslash', "new\nline", "中文回答", "nul \x00", "sep \u2028 \u2029", "emoji 🙂"]
 

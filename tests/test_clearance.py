@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import openai
+
 from gptomni_relay.simulator import Behaviour, SimulatorState
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -20,12 +21,12 @@ async def test_challenge_is_solved_once_then_streams_use_the_clearance(make_rela
         ))
     assert all(a.choices[0].message.content for a in answers)
     assert sim.landing_hits == 1  # one cloudscraper solve served all twenty
-    solver = relay.runtime.upstream.solver
+    solver = relay.state.upstream.solver
     assert solver.solves == 1 and "cf_clearance" in solver.current.cookies
     chat = sim.received[-1]
     assert f"cf_clearance={sim.clearance_token}" in chat.headers["cookie"]
     assert chat.headers["user-agent"] == solver.current.user_agent
-    assert {s.health.value for s in relay.runtime.pool.statuses()} == {"healthy"}
+    assert {s.health.value for s in relay.state.pool.statuses()} == {"healthy"}
 
 
 def test_unsolvable_challenge_cools_the_credential_down(make_relay: Any) -> None:

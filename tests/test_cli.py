@@ -12,8 +12,8 @@ import threading
 import time
 
 import openai
-from gptomni_relay.settings import DEMO_API_KEY
 
+from gptomni_relay.settings import DEMO_API_KEY
 from tests.processes import relay_process
 
 STREAMS = 200

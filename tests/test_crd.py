@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from gptomni_operator.spec import CredentialSpec, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent

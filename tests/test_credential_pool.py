@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from gptomni_relay.simulator import Behaviour, SimulatorState
 
+from gptomni_relay.simulator import Behaviour, SimulatorState
 from tests.harness import Harness, write_pool_file, write_raw_pool_file
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -42,7 +42,7 @@ def file_relay(make_relay: Any, pool_dir: Path, entries: list[dict[str, Any]], *
 
 
 def ids(relay: Harness) -> dict[str, str]:
-    return {s.id: s.health.value for s in relay.runtime.pool.statuses()}
+    return {s.id: s.health.value for s in relay.state.pool.statuses()}
 
 
 def test_reload_by_atomic_symlink_swap_keeps_open_streams(make_relay: Any, tmp_path: Path) -> None:
@@ -59,14 +59,14 @@ def test_reload_by_atomic_symlink_swap_keeps_open_streams(make_relay: Any, tmp_p
     assert len(((first.choices[0].delta.content or "") + rest).split()) == 15  # the old stream finished whole
     client.chat.completions.create(model="gptomni", messages=HELLO)
     assert sessions_used(sim) == Counter({"session=alpha": 1, "session=beta": 1})
-    assert relay.runtime.pool.total_in_flight() == 0
+    assert relay.state.pool.total_in_flight() == 0
     assert 'gptomni_pool_reloads_total{result="ok"} 2.0' in relay.metrics_text()
 
 
 def test_malformed_or_empty_file_keeps_last_good_pool(make_relay: Any, tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     relay = file_relay(make_relay, tmp_path, [entry("a", "session=alpha")])
-    caplog.set_level(logging.ERROR, logger="gptomni_relay.pool_file")
+    caplog.set_level(logging.ERROR, logger="gptomni_relay.core.pool_sources")
     write_raw_pool_file(tmp_path, b'{"version": 1, "credentials": [{"id": "x"}]}')
     wait_until(lambda: 'result="invalid"} 1.0' in relay.metrics_text())
     write_raw_pool_file(tmp_path, b"")
@@ -244,5 +244,5 @@ def test_non_streaming_answer_that_breaks_is_retried_on_another_credential(make_
         completion = relay.client().chat.completions.create(model="gptomni", messages=HELLO)
         assert completion.choices[0].message.content == "Hello from the GPT-Omni simulator! You said: Hello"
     assert sessions_used(sim)["session=alpha"] >= 1  # it did break at least once, and nobody saw it
-    assert relay.runtime.pool.total_in_flight() == 0
+    assert relay.state.pool.total_in_flight() == 0
     assert "gptomni_stream_interruptions_total" in relay.metrics_text()

@@ -7,8 +7,8 @@ import asyncio
 import time
 
 import httpx
-from gptomni_relay.simulator import Behaviour, SimulatorState
 
+from gptomni_relay.simulator import Behaviour, SimulatorState
 from tests.harness import Harness
 
 MESSAGES = [{"role": "user", "content": "long"}]
@@ -27,9 +27,9 @@ async def read_first_event_and_hang_up(relay: Harness, sim: SimulatorState) -> N
 async def seconds_until_released(relay: Harness, sim: SimulatorState) -> float:
     """How long after a hang-up the upstream request and the credential slot are gone (≤ 3 s)."""
     hung_up = time.monotonic()
-    while (sim.active or relay.runtime.pool.total_in_flight()) and time.monotonic() - hung_up < 3:
+    while (sim.active or relay.state.pool.total_in_flight()) and time.monotonic() - hung_up < 3:
         await asyncio.sleep(0.02)
-    assert sim.active == 0 and sim.completed == 0 and relay.runtime.pool.total_in_flight() == 0
+    assert sim.active == 0 and sim.completed == 0 and relay.state.pool.total_in_flight() == 0
     return time.monotonic() - hung_up
 
 

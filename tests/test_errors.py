@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from gptomni_relay.simulator import Behaviour, SimulatorState
 
+from gptomni_relay.simulator import Behaviour, SimulatorState
 from tests.harness import Harness
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -42,6 +42,10 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
                 {"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]},
             "messages[0].content[1]",
         ),
+        ({"model": "gptomni", "messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
+        ({"model": "gptomni", "messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
+        ({"model": "gptomni", "messages": [{"content": "x"}]}, "messages[0].role"),
+        ({"model": "gptomni", "messages": [{"role": "user", "content": "   "}]}, "messages"),
     ],
 )
 def test_bad_requests_name_the_param(relay: Harness, body: dict[str, Any], param: str) -> None:
@@ -163,4 +167,4 @@ def test_unreachable_upstream_is_502_after_failover(make_relay) -> None:  # noqa
     error = assert_openai_error(response, 502, code="upstream_error")
     assert "connection failed" in error["message"]
     assert 'gptomni_failovers_total 1.0' in relay.metrics_text()
-    assert relay.runtime.pool.total_in_flight() == 0
+    assert relay.state.pool.total_in_flight() == 0

@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gptomni_relay.simulator import Behaviour, SimulatedCut, SimulatorState
 
+from gptomni_relay.simulator import Behaviour, SimulatedCut, SimulatorState
 from tests.harness import Harness, write_pool_file
 
 ALLOWED_ERRORS = {429, 502, 503, 504}
@@ -94,9 +94,9 @@ def test_a_thousand_requests_with_random_faults(make_relay: Any, caplog: pytest.
     assert outcomes.get("ok", 0) > REQUESTS * 0.5, outcomes  # failover rescued most faults
     assert outcomes.get("stream error", 0) > 0  # mid-stream cuts really happened
     deadline = time.monotonic() + 5
-    while relay.runtime.pool.total_in_flight() and time.monotonic() < deadline:
+    while relay.state.pool.total_in_flight() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert relay.runtime.pool.total_in_flight() == 0
+    assert relay.state.pool.total_in_flight() == 0
     assert 'gptomni_active_streams 0.0' in relay.metrics_text()
     crashes = [r for r in caplog.records if r.exc_info and not isinstance(r.exc_info[1], SimulatedCut)]
     assert crashes == []
@@ -140,4 +140,4 @@ def test_pool_file_replaced_fifty_times_under_load(make_relay: Any, tmp_path: Pa
     assert len(results) > 200 and set(results) == {"ok"}
     reloads = [line for line in relay.metrics_text().splitlines() if line.startswith('gptomni_pool_reloads_total{result="ok"}')]
     assert float(reloads[0].split()[-1]) >= 25  # most swaps were seen (the poll may merge two)
-    assert relay.runtime.pool.total_in_flight() == 0
+    assert relay.state.pool.total_in_flight() == 0

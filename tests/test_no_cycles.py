@@ -18,9 +18,9 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from gptomni_relay.simulator import Behaviour, SimulatorState
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from gptomni_relay.simulator import Behaviour, SimulatorState
 from tests.harness import Harness
 
 BODY = {"model": "gptomni", "messages": [{"role": "user", "content": "cycles"}]}
@@ -89,4 +89,4 @@ def test_finished_requests_leave_no_reference_cycles(make_relay, scenario: str) 
             for request in requests * 2:
                 request(http)
     assert relay_objects(garbage, relay) == []
-    assert relay.runtime.pool.total_in_flight() == 0
+    assert relay.state.pool.total_in_flight() == 0

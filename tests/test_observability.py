@@ -10,11 +10,11 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
-from gptomni_relay.settings import DEMO_API_KEY
-from gptomni_relay.simulator import SimulatorState
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from gptomni_relay.settings import DEMO_API_KEY
+from gptomni_relay.simulator import SimulatorState
 from tests.harness import Harness
 from tests.processes import relay_process
 

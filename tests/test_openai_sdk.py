@@ -6,8 +6,8 @@ import json
 
 import openai
 import pytest
-from gptomni_relay.simulator import Behaviour, SimulatorState
 
+from gptomni_relay.simulator import Behaviour, SimulatorState
 from tests.harness import Harness
 
 HELLO = [{"role": "user", "content": "Hello relay"}]

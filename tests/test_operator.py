@@ -7,8 +7,8 @@ import base64
 from typing import Any
 
 import pytest
-from gptomni_relay.simulator import SimulatorState
 
+from gptomni_relay.simulator import SimulatorState
 from tests.operator_env import (
     CR_PATH,
     NS,
@@ -214,7 +214,7 @@ async def test_end_to_end_operator_secret_feeds_the_running_relay(kmock: Any, ma
         await eventually(lambda: _pool_is(env, {f"{NS}/web": "session=second"}))
         await project()
         await eventually(lambda: _relay_uses(relay, "session=second"))
-        assert [s.id for s in relay.runtime.pool.statuses()] == [f"{NS}/web"]
+        assert [s.id for s in relay.state.pool.statuses()] == [f"{NS}/web"]
 
 
 async def _relay_uses(relay: Any, cookie: str) -> bool:
@@ -250,9 +250,9 @@ async def test_operator_process_as_deployed(kmock: Any) -> None:
     import sys
 
     import aiohttp
-    from gptomni_relay.serving import serve_app
-    from gptomni_relay.simulator import build_simulator_app
 
+    from gptomni_relay.server import serve_app
+    from gptomni_relay.simulator import build_simulator_app
     from tests.operator_env import OperatorEnv, declare_resources
     from tests.processes import free_port
 

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from gptomni_relay.pool import (
-    AllBusy,
-    AllCoolingDown,
-    Credential,
-    CredentialPool,
-    Health,
-    NoCredentials,
-)
-from gptomni_relay.upstream import Outcome
+
+from gptomni_common.upstream import Outcome
+from gptomni_relay.core.errors import AllBusy, AllCoolingDown, NoCredentials
+from gptomni_relay.core.pool import Credential, CredentialPool, Health
 
 
 class Clock:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from gptomni_relay.errors import APIError
-from gptomni_relay.prompt import fold_conversation
-from gptomni_relay.schemas import ChatMessage
+
+from gptomni_relay.core.conversation import NonText, Turn, fold_conversation
+from gptomni_relay.core.errors import BadConversation
+from gptomni_relay.openai_api.request_reading import conversation
+from gptomni_relay.openai_api.schemas import ChatCompletionRequest
 
 
 def fold(*messages: dict) -> str:
-    return fold_conversation([ChatMessage.model_validate(m) for m in messages])
+    return fold_conversation(conversation(ChatCompletionRequest(model="gptomni", messages=messages)))
 
 
 def test_a_lone_user_message_is_sent_verbatim() -> None:
@@ -33,7 +35,21 @@ def test_empty_turns_and_tool_results() -> None:
     ) == "User: Q\n\nTool result: 42\n\nAssistant:"
 
 
-def test_non_text_parts_are_refused_by_name() -> None:
-    with pytest.raises(APIError) as caught:
-        fold({"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]})
-    assert caught.value.status == 400 and caught.value.param == "messages[0].content[0]"
+def test_text_parts_are_joined_by_lines() -> None:
+    assert fold({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}) == "a\nb"
+
+
+def test_non_text_parts_are_refused_where_they_stand() -> None:
+    with pytest.raises(BadConversation) as caught:
+        fold({"role": "user", "content": "Q"},
+             {"role": "user", "content": [{"type": "text", "text": "see"}, {"type": "input_audio", "input_audio": {}}]})
+    assert (caught.value.message_index, caught.value.part_index) == (1, 1)
+    assert "input_audio" in caught.value.message
+
+
+def test_a_conversation_without_text_is_refused() -> None:
+    with pytest.raises(BadConversation) as caught:
+        fold_conversation([Turn("system", ("  ",)), Turn("user", ())])
+    assert caught.value.message_index is None
+    with pytest.raises(BadConversation):
+        fold_conversation([Turn("user", (NonText("image_url"),))])

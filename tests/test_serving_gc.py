@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from gptomni_relay.serving import collect_young_objects_regularly
+from gptomni_relay.gc_tuning import collect_young_objects_regularly
 
 
 async def test_young_collections_run_on_a_clock_and_reach_the_middle_generation() -> None:

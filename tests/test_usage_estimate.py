@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gptomni_relay.usage import estimate_tokens, estimate_usage
+from gptomni_relay.core.usage import TokenMeter, estimate_tokens
 
 
 def test_alphabetic_text_counts_four_characters_a_token() -> None:
@@ -18,6 +18,9 @@ def test_each_cjk_character_is_a_token() -> None:
     assert estimate_tokens("你好 abcd") == 2 + 2  # two ideographs, then " abcd" is 5 characters
 
 
-def test_usage_adds_up() -> None:
-    usage = estimate_usage("Hello there", "你好")
-    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (3, 2, 5)
+def test_a_text_metered_piece_by_piece_counts_as_the_whole_text() -> None:
+    pieces = ["Hel", "lo, ", "你", "好 wor", "ld", "", "!"]
+    meter = TokenMeter()
+    for piece in pieces:
+        meter.add(piece)
+    assert meter.tokens == estimate_tokens("".join(pieces)) == 2 + 4  # two ideographs, 14 other characters

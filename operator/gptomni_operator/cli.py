@@ -7,9 +7,9 @@ import asyncio
 import sys
 
 import kopf
-from gptomni_relay.logging_setup import configure_logging
 from pydantic import ValidationError
 
+from gptomni_common.logging_setup import configure_logging
 from gptomni_operator.handlers import register
 from gptomni_operator.settings import OperatorSettings
 from gptomni_operator.state import OperatorState

@@ -13,9 +13,9 @@ import logging
 from typing import Any
 
 import kopf
-from gptomni_relay.upstream import UpstreamClient
 from prometheus_client import start_http_server
 
+from gptomni_common.upstream import UpstreamClient
 from gptomni_operator import FINALIZER, GROUP, PLURAL, VERSION
 from gptomni_operator.kube import KubeApi, make_api_client
 from gptomni_operator.pool_secret import PoolSecretWriter

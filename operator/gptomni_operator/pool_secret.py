@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gptomni_relay.pool_file import SECRET_KEY, PoolDocument, PoolEntry
 from kubernetes_asyncio import client
 
+from gptomni_common.pool_file import SECRET_KEY, PoolDocument, PoolEntry
 from gptomni_operator import CONTENT_HASH_ANNOTATION, MANAGED_BY
 from gptomni_operator.kube import CookieUnavailable, KubeApi
 from gptomni_operator.metrics import OperatorMetrics

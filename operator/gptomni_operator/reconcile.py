@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from gptomni_relay.upstream import Outcome
 
+from gptomni_common.upstream import Outcome
 from gptomni_operator.kube import CookieUnavailable
 from gptomni_operator.pool_secret import TargetConflict
 from gptomni_operator.spec import CredentialSpec

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from gptomni_relay.settings import BaseUrl, CommaList
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gptomni_common.setting_types import BaseUrl, CommaList
 
 
 class OperatorSettings(BaseSettings):

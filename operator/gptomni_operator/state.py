@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gptomni_relay.upstream import UpstreamClient
-
+from gptomni_common.upstream import UpstreamClient
 from gptomni_operator.kube import KubeApi
 from gptomni_operator.metrics import OperatorMetrics
 from gptomni_operator.pool_secret import PoolSecretWriter

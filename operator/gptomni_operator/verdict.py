@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gptomni_relay.upstream import Outcome
-from gptomni_relay.upstream.client import CheckResult
+from gptomni_common.upstream import Outcome
+from gptomni_common.upstream.client import CheckResult
 
 
 @dataclass(frozen=True)

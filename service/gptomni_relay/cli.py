@@ -12,22 +12,19 @@ import asyncio
 import logging
 import math
 import os
+import socket
 import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from pydantic import ValidationError
 
-from gptomni_relay.logging_setup import configure_logging
-from gptomni_relay.runtime import ConfigurationError
-from gptomni_relay.serving import (
-    bind_socket,
-    collect_young_objects_regularly,
-    serve_app,
-    tune_gc_for_serving,
-    uvicorn_config,
-)
+from gptomni_common.logging_setup import configure_logging
+from gptomni_common.redaction import describe_validation_error
+from gptomni_relay.gc_tuning import collect_young_objects_regularly, tune_gc_for_serving
+from gptomni_relay.server import bind_socket, serve_app, uvicorn_config
 from gptomni_relay.settings import RelaySettings
+from gptomni_relay.state import ConfigurationError
 
 log = logging.getLogger("gptomni_relay")
 
@@ -63,11 +60,12 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def run(settings: RelaySettings) -> None:
+async def run(settings: RelaySettings, sock: socket.socket) -> None:
     import uvicorn
 
     from gptomni_relay.app import create_app
 
+    port = sock.getsockname()[1]
     async with AsyncExitStack() as stack:
         if settings.demo:
             from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
@@ -77,7 +75,7 @@ async def run(settings: RelaySettings) -> None:
                 first_byte_delay=settings.demo_first_byte_delay_seconds,
                 answer_words=settings.demo_answer_words,
             ))
-            simulator = await stack.enter_async_context(serve_app(build_simulator_app(state)))
+            simulator = await stack.enter_async_context(serve_app(build_simulator_app(state), quiet=True))
             settings = settings.model_copy(update={
                 "upstream_url": simulator.url,
                 "credentials": settings.credentials or DEMO_COOKIES,
@@ -85,10 +83,10 @@ async def run(settings: RelaySettings) -> None:
             })
             log.info("demo mode: simulated GPT-Omni upstream", extra={"upstream": simulator.url})
         app = create_app(settings)
-        sock = bind_socket(settings.host, settings.port)
-        port = sock.getsockname()[1]
+        log.info("relay listening", extra={"url": f"http://{settings.host}:{port}/v1", "demo": settings.demo,
+                                           "upstream": settings.upstream_url})
         if settings.demo:
-            key = app.state.runtime.api_keys[0].decode()
+            key = app.state.relay.api_keys[0].decode()
             print(
                 f"\n  gptomni relay (demo) on http://{settings.host}:{port}/v1   API key: {key}\n",
                 file=sys.stderr, flush=True,
@@ -105,18 +103,33 @@ async def run(settings: RelaySettings) -> None:
         await server.serve(sockets=[sock])
 
 
+def _fail(message: str) -> int:
+    print(f"gptomni-relay: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = settings_from(args)
-        configure_logging(settings.log_level, settings.log_format)
+    except ValidationError as exc:
+        # Never pydantic's own text: it quotes the input, and the input may be a cookie.
+        return _fail(f"configuration error: {describe_validation_error(exc)}")
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        # Bound before anything starts, so a busy port is one clear line, not a traceback.
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+    try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(run(settings))
-    except (ConfigurationError, ValidationError) as exc:
-        print(f"gptomni-relay: configuration error: {exc}", file=sys.stderr)
-        return 2
+            runner.run(run(settings, sock))
+    except ConfigurationError as exc:
+        return _fail(f"configuration error: {exc}")
     except KeyboardInterrupt:
         return 130
+    finally:
+        sock.close()
     return 0
 
 

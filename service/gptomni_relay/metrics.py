@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gptomni_relay.pool import CredentialStatus, Health
+from gptomni_relay.core.pool import CredentialStatus, Health
 
 # LLM answers: the first token in tens of ms to tens of seconds, whole answers up to minutes.
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)

@@ -8,22 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, Field
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AfterValidator, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gptomni_common.pool_file import check_cookie_value
+from gptomni_common.setting_types import BaseUrl, CommaList
 
 DEMO_API_KEY = "sk-gptomni-demo"
 
 
-def split_comma_list(value: object) -> object:
-    """`"a, b,,c"` -> `["a", "b", "c"]`; other values pass through for pydantic to check."""
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
-
-
-# Shared with the operator's settings. NoDecode stops pydantic-settings expecting JSON.
-CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_comma_list)]
-BaseUrl = Annotated[str, AfterValidator(lambda url: url.rstrip("/"))]
+def _header_safe(cookies: list[str]) -> list[str]:
+    return [check_cookie_value(cookie) for cookie in cookies]
 
 
 class RelaySettings(BaseSettings):
@@ -44,12 +39,14 @@ class RelaySettings(BaseSettings):
     models: CommaList = Field(default_factory=lambda: ["gptomni"])
 
     # The seed's form: a JSON list of cookie strings.
-    credentials: list[str] = Field(default_factory=list)
+    credentials: Annotated[list[str], AfterValidator(_header_safe)] = Field(default_factory=list)
     credentials_file: Path | None = None
     credentials_poll_seconds: float = Field(2.0, gt=0)
     default_max_concurrency: int = Field(8, ge=1)
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # A non-streamed answer is held whole before it is sent: beyond this, 502.
+    max_answer_chars: int = Field(4_000_000, ge=1024)
 
     connect_timeout_seconds: float = Field(10.0, gt=0)
     first_byte_timeout_seconds: float = Field(60.0, gt=0)

@@ -30,7 +30,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from gptomni_relay.upstream.protocol import CHAT_PATH, LANDING_PATH
+from gptomni_common.upstream.protocol import CHAT_PATH, LANDING_PATH
 
 CLEARANCE_COOKIE = "cf_clearance"
 
@@ -52,7 +52,7 @@ class Behaviour:
     """What the simulator does for one session cookie."""
 
     status: int | None = None
-    retry_after: int | None = None
+    retry_after: int | str | None = None
     first_byte_delay: float = 0.0
     token_delay: float = 0.0
     cut_after: int | None = None
@@ -62,6 +62,11 @@ class Behaviour:
     # time.monotonic() at which the request arrived and the piece left, so the time spent
     # before and after the upstream (the relay's share) can be told apart per request.
     stamp_times: bool = False
+    # A misbehaving upstream: the answer's Content-Type as sent, and a body sent instead of
+    # the answer, byte for byte, with this Content-Encoding (e.g. a gzip bomb).
+    content_type: str = "text/plain; charset=utf-8"
+    raw_body: bytes | None = None
+    content_encoding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,8 +167,11 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
         if behaviour.status is not None:
             headers = {"retry-after": str(behaviour.retry_after)} if behaviour.retry_after is not None else {}
             return JSONResponse({"code": behaviour.status, "msg": "refused"}, status_code=behaviour.status, headers=headers)
+        if behaviour.raw_body is not None:
+            encoding = {"content-encoding": behaviour.content_encoding} if behaviour.content_encoding else {}
+            return Response(behaviour.raw_body, headers={"content-type": behaviour.content_type, **encoding})
         answer = behaviour.answer if behaviour.answer is not None else default_answer(prompt, behaviour.answer_words)
-        return StreamingResponse(_stream(answer, behaviour, arrived), media_type="text/plain; charset=utf-8")
+        return StreamingResponse(_stream(answer, behaviour, arrived), headers={"content-type": behaviour.content_type})
 
     async def _stream(answer: str, behaviour: Behaviour, arrived: float) -> AsyncIterator[bytes]:
         state.active += 1

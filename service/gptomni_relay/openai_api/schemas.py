@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # --- requests --------------------------------------------------------------------
 
@@ -19,6 +19,13 @@ class OtherPart(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     type: str
+
+    @field_validator("type")
+    @classmethod
+    def _not_text(cls, kind: str) -> str:
+        if kind == "text":  # a text part that failed TextPart's rules is not "another kind"
+            raise ValueError("a text part needs a string 'text'")
+        return kind
 
 
 ContentPart = Annotated[TextPart | OtherPart, Field(union_mode="left_to_right")]

@@ -26,10 +26,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Mapping
 
+from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gptomni_relay.hang_up import HangUpWatch
+from gptomni_relay.openai_api.hang_up import HangUpWatch
 
 SERVER_SEND_SCOPE_KEY = "gptomni.server_send"
 PING = b": ping\n\n"
@@ -39,9 +40,14 @@ def sse_data(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-class LastEvents(bytes):
-    """The stream's closing events, yielded last and written together with the end of the
-    response: one socket write instead of one per event plus one for the final chunk."""
+def sse_event(model: BaseModel, exclude: set[str] | None = None) -> bytes:
+    return sse_data(model.model_dump_json(exclude=exclude).encode())
+
+
+class StreamEnd(bytes):
+    """The events that end a stream (the closing chunk, usage, `[DONE]`, or an error),
+    yielded last and written together with the end of the response: one socket write
+    instead of one per event plus one for the end."""
 
 
 class EventStreamResponse(Response):
@@ -66,7 +72,7 @@ class EventStreamResponse(Response):
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 last = b""
                 async for event in self.events:
-                    if type(event) is LastEvents:
+                    if type(event) is StreamEnd:
                         last = event  # the generator ends right after it, running its clean-up
                         continue
                     async with self._write_lock:

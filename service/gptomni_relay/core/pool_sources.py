@@ -1,4 +1,5 @@
-"""The pool file contract (docs/credentials.md) and the watcher that hot-reloads it.
+"""Where the pool's credentials come from: the seed's `GPTOMNI_CREDENTIALS` list, and the
+pool file (the contract in gptomni_common.pool_file), hot-reloaded when it changes.
 
 Kubernetes mounts the Secret as a directory whose files are symlinks through `..data`,
 which kubelet swaps atomically. Polling the resolved path's identity (inode, size,
@@ -11,59 +12,19 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from gptomni_relay.pool import Credential
+from gptomni_common.pool_file import PoolFileError, parse_pool_document
+from gptomni_relay.core.pool import Credential
 
 log = logging.getLogger(__name__)
 
-SECRET_KEY = "credentials.json"
+# A pool file is a few KB per credential; anything far larger is not one.
+MAX_POOL_FILE_BYTES = 4 * 1024 * 1024
 
 
-class PoolEntry(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-
-    id: str = Field(min_length=1, max_length=253)
-    cookie: str = Field(min_length=1, repr=False)
-    weight: int = Field(1, ge=1, le=1000)
-    max_concurrency: int | None = Field(None, alias="maxConcurrency", ge=1, le=100_000)
-
-
-class PoolDocument(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-
-    version: Literal[1]
-    generated_at: datetime | None = Field(None, alias="generatedAt")
-    credentials: list[PoolEntry]
-
-    @model_validator(mode="after")
-    def _unique_ids(self) -> PoolDocument:
-        ids = [entry.id for entry in self.credentials]
-        if len(ids) != len(set(ids)):
-            raise ValueError("credential ids must be unique")
-        return self
-
-
-class PoolFileError(ValueError):
-    """The file is unreadable or breaks the contract. The message never quotes cookies."""
-
-
-def parse_pool_document(raw: bytes, default_max_concurrency: int) -> list[Credential]:
-    if not raw.strip():
-        raise PoolFileError("the pool file is empty")
-    try:
-        document = PoolDocument.model_validate_json(raw)
-    except ValidationError as exc:
-        # include_input=False keeps cookie values out of the message.
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors(include_input=False, include_url=False)
-        )
-        raise PoolFileError(f"the pool file is invalid: {problems}") from None
+def credentials_from_file(raw: bytes, default_max_concurrency: int) -> list[Credential]:
+    document = parse_pool_document(raw)
     return [
         Credential(
             id=entry.id,
@@ -93,6 +54,14 @@ def file_identity(path: Path) -> FileIdentity | None:
     except FileNotFoundError:
         return None
     return (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    with path.open("rb") as file:
+        raw = file.read(limit + 1)
+    if len(raw) > limit:
+        raise PoolFileError(f"the pool file is larger than {limit} bytes")
+    return raw
 
 
 class PoolFileWatcher:
@@ -128,7 +97,7 @@ class PoolFileWatcher:
             return
         self._seen = identity
         try:
-            credentials = parse_pool_document(self.path.read_bytes(), self._default_max_concurrency)
+            credentials = credentials_from_file(read_bounded(self.path, MAX_POOL_FILE_BYTES), self._default_max_concurrency)
         except (OSError, PoolFileError) as exc:
             # Logged once per file version: the identity is remembered above.
             log.error("credentials file rejected; keeping the last good pool", extra={"path": str(self.path), "reason": str(exc)})

@@ -1,7 +1,8 @@
-"""RelayRuntime: the one place that holds the relay's mutable state.
+"""RelayState: the one place that holds the relay's mutable state.
 
-Everything a request needs (pool, upstream client, metrics, tracer) hangs off one
-object stored on `app.state.runtime`; nothing lives in module globals.
+Everything a request needs (settings, API keys, the pool, the answer source with its
+upstream client, metrics) hangs off one object stored on `app.state.relay`, built once
+at start-up; nothing lives in module globals.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from gptomni_relay.answer import AnswerOpener, FailoverPolicy
+from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamTimeouts
+from gptomni_relay.core.failover import AnswerSource, FailoverPolicy
+from gptomni_relay.core.pool import Credential, CredentialPool
+from gptomni_relay.core.pool_sources import PoolFileWatcher, credentials_from_env
 from gptomni_relay.metrics import RelayMetrics
-from gptomni_relay.pool import Credential, CredentialPool
-from gptomni_relay.pool_file import PoolFileWatcher, credentials_from_env
 from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
-from gptomni_relay.upstream import Outcome, UpstreamClient, UpstreamTimeouts
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,14 @@ class ConfigurationError(RuntimeError):
 
 
 @dataclass
-class RelayRuntime:
+class RelayState:
     settings: RelaySettings
     api_keys: list[bytes]
     pool: CredentialPool
     upstream: UpstreamClient
     metrics: RelayMetrics
     tracer_provider: TracerProvider | None
-    opener: AnswerOpener
+    answers: AnswerSource
     static_credentials: list[Credential]
     watcher: PoolFileWatcher | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -95,7 +96,7 @@ def resolve_api_keys(settings: RelaySettings) -> list[str]:
     return keys
 
 
-def build_runtime(settings: RelaySettings, tracer_provider: TracerProvider | None) -> RelayRuntime:
+def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None) -> RelayState:
     keys = resolve_api_keys(settings)
     pool = CredentialPool(settings.cooldown_base_seconds, settings.cooldown_max_seconds)
     static = credentials_from_env(settings.credentials, settings.default_max_concurrency)
@@ -110,29 +111,30 @@ def build_runtime(settings: RelaySettings, tracer_provider: TracerProvider | Non
         max_connections=settings.max_upstream_connections,
     )
     metrics = RelayMetrics(pool.statuses)
-    opener = AnswerOpener(
+    answers = AnswerSource(
         pool,
         upstream,
         metrics,
-        FailoverPolicy(settings.max_attempts, settings.failover_budget_seconds, settings.acquire_timeout_seconds),
+        FailoverPolicy(settings.max_attempts, settings.failover_budget_seconds, settings.acquire_timeout_seconds,
+                       settings.max_answer_chars),
         tracer_provider.get_tracer("gptomni_relay") if tracer_provider is not None else trace.NoOpTracer(),
     )
-    runtime = RelayRuntime(
+    relay = RelayState(
         settings=settings,
         api_keys=[key.encode("utf-8") for key in keys],
         pool=pool,
         upstream=upstream,
         metrics=metrics,
         tracer_provider=tracer_provider,
-        opener=opener,
+        answers=answers,
         static_credentials=static,
     )
     if settings.credentials_file is not None:
-        runtime.watcher = PoolFileWatcher(
+        relay.watcher = PoolFileWatcher(
             settings.credentials_file,
             settings.credentials_poll_seconds,
             settings.default_max_concurrency,
-            apply=runtime.apply_file_credentials,
+            apply=relay.apply_file_credentials,
             on_result=lambda result: metrics.pool_reloads.labels(result).inc(),
         )
-    return runtime
+    return relay

@@ -13,7 +13,6 @@ aiohttp's connector does not, and kopf already depends on it.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,9 +20,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gptomni_relay.upstream.clearance import ClearanceSolver
-from gptomni_relay.upstream.errors import UpstreamError
-from gptomni_relay.upstream.protocol import (
+from gptomni_common.upstream.clearance import ClearanceSolver
+from gptomni_common.upstream.decoding import AnswerDecoder, UndecodableAnswer, decode_head
+from gptomni_common.upstream.errors import UpstreamError
+from gptomni_common.upstream.protocol import (
     Outcome,
     chat_body,
     chat_headers,
@@ -74,7 +74,7 @@ class UpstreamClient:
                 # Total/read limits are enforced per piece below; aiohttp only bounds connecting.
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=None),
                 cookie_jar=aiohttp.DummyCookieJar(),  # cookies are per credential, never shared
-                auto_decompress=True,
+                auto_decompress=False,  # decoding.py inflates in bounded steps
             )
         return self._session
 
@@ -143,7 +143,8 @@ class UpstreamClient:
             pass
         finally:
             response.close()
-        outcome = classify_status(response.status, response.headers, head.decode("utf-8", "replace"))
+        text = decode_head(head, response.headers.get("content-encoding"), response.charset, _ERROR_BODY_PEEK)
+        outcome = classify_status(response.status, response.headers, text)
         return UpstreamError(
             outcome,
             f"upstream answered HTTP {response.status} ({outcome.value})",
@@ -152,7 +153,10 @@ class UpstreamClient:
         )
 
     async def _pieces(self, response: aiohttp.ClientResponse, first_byte_deadline: float) -> AsyncIterator[str]:
-        decoder = codecs.getincrementaldecoder(response.charset or "utf-8")(errors="replace")
+        try:
+            decoder = AnswerDecoder(response.headers.get("content-encoding"), response.charset)
+        except UndecodableAnswer as exc:
+            raise UpstreamError(Outcome.ERROR, str(exc)) from None
         content = response.content
         silence = _SilenceDeadline(content, first_byte_deadline)
         try:
@@ -166,15 +170,17 @@ class UpstreamClient:
                 except aiohttp.ClientError as exc:
                     _forget_tracebacks(exc)
                     raise UpstreamError(Outcome.ERROR, f"upstream stream broke ({type(exc).__name__})") from None
-                if not data:  # end of body
-                    tail = decoder.decode(b"", final=True)
-                    if tail:
-                        yield tail
-                    return
-                piece = decoder.decode(data)
-                if piece:
-                    silence.heard(self.timeouts.idle)
-                    yield piece
+                try:
+                    if not data:  # end of body
+                        tail = decoder.finish()
+                        if tail:
+                            yield tail
+                        return
+                    for piece in decoder.feed(data):
+                        silence.heard(self.timeouts.idle)
+                        yield piece
+                except UndecodableAnswer as exc:
+                    raise UpstreamError(Outcome.ERROR, str(exc)) from None
         finally:
             silence.cancel()
 

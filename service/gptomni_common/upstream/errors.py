@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gptomni_relay.upstream.protocol import Outcome
+from gptomni_common.upstream.protocol import Outcome
 
 
 class UpstreamError(Exception):

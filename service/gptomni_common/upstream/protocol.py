@@ -13,6 +13,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
+from gptomni_common.upstream.decoding import ACCEPTED_ENCODINGS
+
 CHAT_PATH = "/api/chatWithText"
 LANDING_PATH = "/zh"
 
@@ -52,6 +54,7 @@ def chat_headers(base_url: str, cookie: str, user_agent: str) -> dict[str, str]:
         "Cookie": cookie,
         "User-Agent": user_agent,
         "Accept": "*/*",
+        "Accept-Encoding": ACCEPTED_ENCODINGS,
     }
 
 
@@ -84,17 +87,20 @@ def classify_status(status: int, headers: Mapping[str, str], body_head: str) -> 
     return Outcome.ERROR
 
 
+# Whatever the upstream says, waiting longer than a day is not an answer we act on.
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP-date)."""
+    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP-date), at most a day."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        # A 400-digit number would be infinity as a float: bounded before converting.
+        return MAX_RETRY_AFTER_SECONDS if len(value) > 6 else min(float(value), MAX_RETRY_AFTER_SECONDS)
     try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = email.utils.parsedate_to_datetime(value).timestamp() - (now if now is not None else time.time())
+    except (TypeError, ValueError, OverflowError, AttributeError):
         return None
-    if parsed is None:
-        return None
-    return max(0.0, parsed.timestamp() - (now if now is not None else time.time()))
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from gptomni_relay.upstream.protocol import Outcome
+from gptomni_common.upstream.protocol import Outcome
+from gptomni_relay.core.errors import AllBusy, AllCoolingDown, NoCredentials, NothingLeftToTry, PoolUnavailable
 
 
 @dataclass(frozen=True)
@@ -37,32 +38,7 @@ class CredentialStatus:
     id: str
     health: Health
     in_flight: int
-    max_concurrency: int
     cooling_for: float
-
-
-class PoolUnavailable(Exception):
-    """No credential can take a request now. Subclasses say why; the API maps them to statuses."""
-
-    retry_after: float | None = None
-
-
-class NoCredentials(PoolUnavailable):
-    pass
-
-
-class AllCoolingDown(PoolUnavailable):
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"every credential is cooling down; retry in {retry_after:.0f}s")
-        self.retry_after = retry_after
-
-
-class AllBusy(PoolUnavailable):
-    retry_after = 1.0
-
-
-class NothingLeftToTry(PoolUnavailable):
-    """Only within one request's failover: every usable credential has had its attempt."""
 
 
 @dataclass
@@ -174,7 +150,7 @@ class CredentialPool:
             if load < best_load:
                 best, best_load = slot, load
         if best is None:
-            raise self.unavailability(exclude) or AllBusy("every credential is busy")
+            raise self.unavailability(exclude) or AllBusy("every credential is at its concurrency limit")
         best.in_flight += 1
         return Lease(self, best)
 
@@ -205,8 +181,10 @@ class CredentialPool:
             slot.ejected = True
         elif outcome in (Outcome.RATE_LIMITED, Outcome.CHALLENGE):
             slot.strikes += 1
-            backoff = min(self._cooldown_base * 2 ** (slot.strikes - 1), self._cooldown_max)
-            delay = retry_after if retry_after is not None else backoff
+            backoff = self._cooldown_base * 2 ** min(slot.strikes - 1, 32)
+            # The upstream's Retry-After is honoured up to our own cap: a hostile or broken
+            # upstream must not park a cookie for a day.
+            delay = min(retry_after if retry_after is not None else backoff, self._cooldown_max)
             slot.cooling_until = max(slot.cooling_until, self._clock() + delay)
 
     def _release(self, slot: _Slot) -> None:
@@ -235,7 +213,6 @@ class CredentialPool:
                 id=s.credential.id,
                 health=s.health(now),
                 in_flight=s.in_flight,
-                max_concurrency=s.credential.max_concurrency,
                 cooling_for=max(0.0, s.cooling_until - now),
             )
             for s in self._slots.values()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import cloudscraper
 
-from gptomni_relay.upstream.protocol import landing_url
+from gptomni_common.upstream.protocol import landing_url
 
 log = logging.getLogger(__name__)
 

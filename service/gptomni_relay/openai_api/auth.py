@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Request
+from starlette.requests import Request
 
-from gptomni_relay.errors import APIError
+from gptomni_relay.openai_api.errors import APIError
 
 
 def key_matches(token: str, keys: list[bytes]) -> bool:
@@ -17,9 +17,9 @@ def key_matches(token: str, keys: list[bytes]) -> bool:
     return matched
 
 
-async def require_api_key(request: Request) -> None:
+def require_api_key(request: Request) -> None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="invalid_api_key")
-    if not key_matches(token.strip(), request.app.state.runtime.api_keys):
+    if not key_matches(token.strip(), request.app.state.relay.api_keys):
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")

@@ -1,0 +1,60 @@
+"""Why the relay could not answer, in the domain's words. The HTTP layer maps each to an
+OpenAI error in one place (openai_api/errors.py). Messages never carry a cookie."""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """A request the relay cannot serve. `retry_after` (seconds) when trying later helps."""
+
+    retry_after: float | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PoolUnavailable(RelayError):
+    """No credential can take a request now."""
+
+
+class NoCredentials(PoolUnavailable):
+    """None is configured, or every one was rejected by GPT-Omni."""
+
+
+class AllCoolingDown(PoolUnavailable):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"every credential is cooling down after upstream rate limits; retry in {retry_after:.0f}s")
+        self.retry_after = retry_after
+
+
+class AllBusy(PoolUnavailable):
+    """Every usable credential is at its concurrency limit."""
+
+    retry_after = 1.0
+
+
+class NothingLeftToTry(PoolUnavailable):
+    """Only within one request's failover: every usable credential has had its attempt."""
+
+
+class UpstreamFailed(RelayError):
+    """GPT-Omni refused, broke off or sent something unusable (after failover)."""
+
+
+class UpstreamTimedOut(UpstreamFailed):
+    """GPT-Omni did not answer in time, or went silent mid-answer."""
+
+
+class AnswerTooLarge(UpstreamFailed):
+    """An answer that must be held whole (not streamed) outgrew the relay's limit."""
+
+
+class BadConversation(RelayError):
+    """The conversation cannot be folded into a prompt. `message_index` and `part_index`
+    say where, when one place is to blame."""
+
+    def __init__(self, message: str, message_index: int | None = None, part_index: int | None = None) -> None:
+        super().__init__(message)
+        self.message_index = message_index
+        self.part_index = part_index

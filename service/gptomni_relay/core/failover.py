@@ -1,0 +1,229 @@
+"""Getting an answer to a prompt from GPT-Omni, failing over across credentials.
+
+Until the first piece of text exists nothing has reached the client, so a refusal, a
+timeout or an empty answer is retried on another credential, bounded in attempts and
+time. A streamed answer is then committed to its credential: a later break reaches the
+client as an error event. A whole (non-streamed) answer reaches the client only when it
+is complete, so an answer that breaks midway is started again on another credential too.
+
+`Failover` takes every one of these decisions for one request; the HTTP layer renders
+what it returns and maps the domain errors it raises (core/errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamError
+from gptomni_relay.core.errors import (
+    AllBusy,
+    AnswerTooLarge,
+    NothingLeftToTry,
+    PoolUnavailable,
+    RelayError,
+    UpstreamFailed,
+    UpstreamTimedOut,
+)
+from gptomni_relay.core.pool import CredentialPool, Lease
+from gptomni_relay.core.usage import TokenMeter
+from gptomni_relay.metrics import RelayMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    max_attempts: int = 3
+    budget_seconds: float = 30.0  # no new attempt after this long
+    acquire_wait_seconds: float = 5.0  # for a free credential slot
+    max_whole_answer_chars: int = 4_000_000  # a non-streamed answer is held whole: bound it
+
+
+def domain_error(exc: UpstreamError) -> UpstreamFailed:
+    if exc.outcome is Outcome.TIMEOUT:
+        return UpstreamTimedOut(exc.message)
+    return UpstreamFailed(exc.message)
+
+
+class UpstreamAnswer:
+    """One credential's answer, its first piece in hand. Iterate `pieces()` once, then
+    `aclose()`. Keeps no text: `completion` counts the tokens of what went by."""
+
+    def __init__(self, lease: Lease, first_piece: str, rest: AsyncIterator[str], stack: AsyncExitStack,
+                 span: Span, metrics: RelayMetrics) -> None:
+        self.credential_id = lease.credential.id
+        self.first_piece_at = time.monotonic()
+        self.completion = TokenMeter()
+        self._lease = lease
+        self._first = first_piece
+        self._rest = rest
+        self._stack = stack
+        self._span = span
+        self._metrics = metrics
+        self._closed = False
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The answer's text pieces; raises UpstreamFailed / UpstreamTimedOut if it breaks."""
+        self.completion.add(self._first)
+        yield self._first
+        try:
+            async for piece in self._rest:
+                self.completion.add(piece)
+                yield piece
+        except UpstreamError as exc:
+            self._lease.report(exc.outcome, exc.retry_after)
+            self._metrics.upstream_attempts.labels(self.credential_id, exc.outcome.value).inc()
+            self._metrics.stream_interruptions.labels(exc.outcome.value).inc()
+            self._span.set_attribute("gptomni.outcome", exc.outcome.value)
+            self._span.set_status(Status(StatusCode.ERROR, exc.message))
+            raise domain_error(exc) from None
+        self._lease.report(Outcome.OK)
+        self._metrics.upstream_attempts.labels(self.credential_id, Outcome.OK.value).inc()
+        self._span.set_attribute("gptomni.outcome", Outcome.OK.value)
+
+    async def aclose(self) -> None:
+        """Closes the upstream response (which cancels it if unfinished) and frees the slot."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._stack.aclose()
+        finally:
+            self._lease.release()
+            self._span.end()
+
+
+@dataclass(frozen=True)
+class WholeAnswer:
+    text: str
+    credential_id: str
+    completion_tokens: int
+    first_piece_at: float  # time.monotonic() when the first piece of this answer arrived
+
+
+class AnswerSource:
+    """What every request's failover shares: the pool, GPT-Omni, metrics, tracing, policy."""
+
+    def __init__(self, pool: CredentialPool, upstream: UpstreamClient, metrics: RelayMetrics,
+                 policy: FailoverPolicy, tracer: trace.Tracer) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.metrics = metrics
+        self.policy = policy
+        self.tracer = tracer
+
+    def failover(self, prompt: str) -> Failover:
+        return Failover(self, prompt)
+
+
+class Failover:
+    """One request's attempts at an answer, across credentials."""
+
+    def __init__(self, source: AnswerSource, prompt: str) -> None:
+        self._source = source
+        self._prompt = prompt
+        self._tried: set[str] = set()  # credential ids used so far, across re-opens
+
+    async def open(self) -> UpstreamAnswer:
+        """An answer whose first piece is in hand (for streaming)."""
+        loop = asyncio.get_running_loop()
+        policy, pool = self._source.policy, self._source.pool
+        deadline = loop.time() + policy.budget_seconds
+        last_error: UpstreamError | None = None
+        for attempt in range(len(self._tried) + 1, policy.max_attempts + 1):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                lease = await pool.acquire(self._tried, wait_seconds=min(policy.acquire_wait_seconds, remaining))
+            except PoolUnavailable:
+                if last_error is None:
+                    raise
+                break
+            if attempt > 1:
+                self._source.metrics.failovers.inc()
+            self._tried.add(lease.credential.id)
+            opened = await self._attempt(lease, attempt)
+            if isinstance(opened, UpstreamAnswer):
+                return opened
+            last_error = opened
+        raise self._final_error(last_error)
+
+    async def whole(self) -> WholeAnswer:
+        """The complete answer (for a non-streamed response). Nothing has reached the client
+        before it is complete, so an answer that breaks midway is started again elsewhere."""
+        limit = self._source.policy.max_whole_answer_chars
+        while True:
+            answer = await self.open()
+            parts: list[str] = []
+            size = 0
+            try:
+                async for piece in answer.pieces():
+                    size += len(piece)
+                    if size > limit:
+                        raise AnswerTooLarge(f"the answer is longer than the relay's {limit}-character limit")
+                    parts.append(piece)
+                return WholeAnswer("".join(parts), answer.credential_id, answer.completion.tokens, answer.first_piece_at)
+            except AnswerTooLarge:
+                raise  # another credential would answer the same prompt at the same length
+            except UpstreamFailed:
+                if not self._may_try_again():
+                    raise
+            finally:
+                await answer.aclose()
+
+    def _may_try_again(self) -> bool:
+        return (len(self._tried) < self._source.policy.max_attempts
+                and self._source.pool.unavailability(self._tried) is None)
+
+    async def _attempt(self, lease: Lease, attempt: int) -> UpstreamAnswer | UpstreamError:
+        source = self._source
+        credential = lease.credential
+        span = source.tracer.start_span(
+            "gptomni.upstream", attributes={"gptomni.credential_id": credential.id, "gptomni.attempt": attempt}
+        )
+        stack = AsyncExitStack()
+        started = time.monotonic()
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                pieces = await stack.enter_async_context(source.upstream.chat(credential.cookie, self._prompt))
+                try:
+                    first = await anext(pieces)
+                except StopAsyncIteration:
+                    raise UpstreamError(Outcome.ERROR, "upstream returned an empty answer") from None
+        except UpstreamError as exc:
+            await stack.aclose()
+            lease.report(exc.outcome, exc.retry_after)
+            lease.release()
+            source.metrics.upstream_attempts.labels(credential.id, exc.outcome.value).inc()
+            span.set_attribute("gptomni.outcome", exc.outcome.value)
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            span.end()
+            log.warning("upstream attempt failed", extra={"credential": credential.id, "attempt": attempt,
+                                                         "outcome": exc.outcome.value, "reason": exc.message})
+            return exc
+        except BaseException:  # a hang-up (cancellation) included: free the slot at once
+            await stack.aclose()
+            lease.release()
+            span.end()
+            raise
+        span.set_attribute("gptomni.ttft_ms", round((time.monotonic() - started) * 1000, 1))
+        return UpstreamAnswer(lease, first, pieces, stack, span, source.metrics)
+
+    def _final_error(self, last_error: UpstreamError | None) -> RelayError:
+        # The pool's own state explains the failure better than the last attempt when
+        # every credential is now cooling or ejected.
+        unavailable = self._source.pool.unavailability()
+        if unavailable is not None and not isinstance(unavailable, (AllBusy, NothingLeftToTry)):
+            return unavailable
+        if last_error is None:
+            return UpstreamTimedOut("gave up before any upstream attempt: the failover time budget ran out")
+        return domain_error(last_error)

@@ -1,0 +1,99 @@
+"""Reading a chat completion request: size limit, JSON, schema, what we can honour, and
+the conversation it carries (as the core's turns)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
+
+from gptomni_relay.core.conversation import NonText, Turn
+from gptomni_relay.openai_api.errors import APIError, bad_request
+from gptomni_relay.openai_api.schemas import ChatCompletionRequest, ChatMessage, TextPart
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"Request body is larger than the {limit}-byte limit.", code="request_too_large")
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(limit)
+    except ClientDisconnect:
+        # Nobody will read the answer; say so in the logs and metrics, not as a crash.
+        raise APIError(400, "The client disconnected while sending the request body.", code="client_disconnected") from None
+    return bytes(body)
+
+
+def param_name(loc: tuple[int | str, ...], data: Any, missing: bool) -> str | None:
+    """`("messages", 0, "role")` -> `messages[0].role`, the way OpenAI names params.
+
+    pydantic's error locations also name union branches (`str`, `list[...]`, a model's
+    class name); only what exists in the request body is a param, so the location is
+    walked through the body itself. A missing field is named although absent.
+    """
+    out = ""
+    for position, part in enumerate(loc):
+        if isinstance(part, int) and isinstance(data, list) and 0 <= part < len(data):
+            out += f"[{part}]"
+            data = data[part]
+        elif isinstance(part, str) and isinstance(data, dict) and part in data:
+            out += f".{part}" if out else part
+            data = data[part]
+        elif isinstance(part, str) and missing and position == len(loc) - 1:
+            out += f".{part}" if out else part
+    return out or None
+
+
+def parse_request(raw: bytes, models: list[str]) -> ChatCompletionRequest:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("We could not parse the JSON body of your request: it is not valid UTF-8 JSON.",
+                          code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    try:
+        request = ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        # Of a union's failed branches, the deepest error says most: a text part without
+        # its text, rather than "not a string" for the whole content.
+        errors = exc.errors(include_input=False, include_url=False)
+        worst = max(errors, key=lambda error: len(error["loc"]))
+        param = param_name(tuple(worst["loc"]), data, missing=worst["type"] == "missing")
+        raise bad_request(f"Invalid value for '{param or 'body'}': {worst['msg']}.", param=param) from None
+    if request.n is not None and request.n > 1:
+        raise bad_request("Only n=1 is supported: GPT-Omni returns one answer per prompt.", param="n")
+    if request.tools:
+        raise bad_request("Tool calling is not supported by GPT-Omni's web chat.", param="tools")
+    if request.functions:
+        raise bad_request("Function calling is not supported by GPT-Omni's web chat.", param="functions")
+    if request.model not in models:
+        raise APIError(404, f"The model '{request.model}' does not exist. Available: {', '.join(models)}.",
+                       param="model", code="model_not_found")
+    return request
+
+
+def _turn(message: ChatMessage) -> Turn:
+    content = message.content
+    if content is None:
+        parts: tuple[str | NonText, ...] = ()
+    elif isinstance(content, str):
+        parts = (content,)
+    else:
+        parts = tuple(part.text if isinstance(part, TextPart) else NonText(part.type) for part in content)
+    return Turn(role=message.role, parts=parts, name=message.name)
+
+
+def conversation(request: ChatCompletionRequest) -> list[Turn]:
+    return [_turn(message) for message in request.messages]

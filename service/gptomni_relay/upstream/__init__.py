@@ -1,7 +1,0 @@
-"""Everything that speaks to GPT-Omni. The relay and the operator's health checks share it."""
-
-from gptomni_relay.upstream.client import UpstreamClient, UpstreamTimeouts
-from gptomni_relay.upstream.errors import UpstreamError
-from gptomni_relay.upstream.protocol import Outcome
-
-__all__ = ["Outcome", "UpstreamClient", "UpstreamError", "UpstreamTimeouts"]
