@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gptomni_relay.app import create_app
+from gptomni_relay.probes import create_metrics_app
 from gptomni_relay.server import RunningServer, serve_app
 from gptomni_relay.settings import RelaySettings
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
@@ -92,6 +93,7 @@ class Harness:
     sim: SimulatorState
     sim_server: RunningServer
     relay_server: RunningServer
+    metrics_server: RunningServer
     state: RelayState
     spans: InMemorySpanExporter
     api_key: str = API_KEY
@@ -114,8 +116,12 @@ class Harness:
         self._clients.append(client)
         return client
 
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.metrics_server.url}/metrics"
+
     def metrics_text(self) -> str:
-        return httpx.get(f"{self.url}/metrics", timeout=10).text
+        return httpx.get(self.metrics_url, timeout=10).text
 
     def on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.servers.run(coro)
@@ -146,4 +152,5 @@ def start_harness(
     options.update(settings)
     app = create_app(RelaySettings(**options), tracer_provider=provider)
     relay_server = servers.enter(serve_app(app, timeout_graceful_shutdown=5))
-    return Harness(servers, sim, sim_server, relay_server, app.state.relay, spans)
+    metrics_server = servers.enter(serve_app(create_metrics_app(app.state.relay), lifespan="off"))
+    return Harness(servers, sim, sim_server, relay_server, metrics_server, app.state.relay, spans)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import openai
 import pytest
 
@@ -128,3 +129,31 @@ def test_health_and_readiness(relay: Harness) -> None:
     assert http.get("/healthz").status_code == 200
     ready = http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+def test_the_public_port_serves_the_api_and_bare_probes_only(relay: Harness) -> None:
+    http = relay.http()
+    for private in ("/metrics", "/openapi.json", "/docs", "/redoc"):
+        response = http.get(private)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_url", private
+    ready = http.get("/readyz")
+    assert ready.json() == {"ready": True}  # no credential ids, states or loads
+    for route in ("/healthz", "/readyz"):
+        head = http.head(route)
+        assert head.status_code == 200 and head.content == b""
+    assert "server" not in {name.lower() for name in ready.headers}
+
+
+def test_metrics_live_on_their_own_port(relay: Harness) -> None:
+    assert relay.metrics_server.port != relay.relay_server.port
+    relay.client().models.list()
+    relay.http().post("/v1/chat/completions", json={"model": "gptomni", "messages": []})
+    # A request refused before it named a valid model is counted under model="unknown".
+    assert 'gptomni_requests_total{model="unknown",status="400",stream="false"} 1.0' in relay.metrics_text()
+    assert httpx.get(relay.metrics_url.replace("/metrics", "/readyz"), timeout=10).json() == {"ready": True}
+    assert httpx.get(relay.metrics_url.replace("/metrics", "/v1/models"), timeout=10).status_code == 404
+
+
+def test_a_trailing_slash_is_not_redirected_to_the_clients_host(relay: Harness) -> None:
+    response = relay.http().get("/v1/models/", headers={"host": "evil.example"}, follow_redirects=False)
+    assert response.status_code != 307 and "location" not in response.headers

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import promql_parser
 import pytest
 import yaml
@@ -73,7 +72,7 @@ def test_expressions_exist_and_parse() -> None:
 @pytest.mark.kmock(cls=ApiServerLikeEmulator)
 async def test_every_metric_used_is_exported(kmock: Any, make_relay: Any) -> None:
     relay = make_relay()
-    exported = exported_names(httpx.get(f"{relay.url}/metrics").text)
+    exported = exported_names(relay.metrics_text())
     async with operator_env(kmock) as env:
         exported |= exported_names(await eventually(env.metrics))
     used: dict[str, set[str]] = {}

@@ -5,20 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from gptomni_relay import __version__
 from gptomni_relay.openai_api import chat_route, models_route
 from gptomni_relay.openai_api.errors import install_error_handlers
 from gptomni_relay.openai_api.event_stream import SERVER_SEND_SCOPE_KEY
+from gptomni_relay.probes import probe_routes
 from gptomni_relay.settings import RelaySettings
-from gptomni_relay.state import RelayState, build_state
+from gptomni_relay.state import build_state
 from gptomni_relay.tracing import build_tracer_provider, incoming_trace_context
 
 
@@ -57,30 +56,17 @@ def create_app(settings: RelaySettings | None = None, tracer_provider: TracerPro
         finally:
             await relay.stop()
 
-    app = RelayApp(title="gptomni relay", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # The public app: nothing but the API and the probes. No schema or docs to browse,
+    # and no redirects, whose Location would be built from the client's Host header.
+    app = RelayApp(title="gptomni relay", version=__version__, lifespan=lifespan,
+                   openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.relay = relay
     install_error_handlers(app)
-    app.router.routes.extend([chat_route.route, *models_route.routes])
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz(request: Request) -> JSONResponse:
-        relay: RelayState = request.app.state.relay
-        statuses = [{"id": s.id, "health": s.health.value, "inFlight": s.in_flight} for s in relay.pool.statuses()]
-        ready = relay.pool.is_ready()
-        return JSONResponse({"ready": ready, "credentials": statuses}, status_code=200 if ready else 503)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        relay: RelayState = request.app.state.relay
-        return Response(generate_latest(relay.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    app.router.routes.extend([chat_route.route, *models_route.routes, *probe_routes])
 
     if provider is not None:
         FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
+            app, tracer_provider=provider, excluded_urls="healthz,readyz", exclude_spans=["receive", "send"]
         )
         app.records_server_spans = True
     return app

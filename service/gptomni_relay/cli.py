@@ -49,6 +49,8 @@ def settings_from(args: argparse.Namespace) -> RelaySettings:
         overrides["host"] = args.host
     elif args.demo and "GPTOMNI_HOST" not in os.environ:
         overrides["host"] = "127.0.0.1"  # the demo key is public: keep the demo off the network
+    if args.demo and "GPTOMNI_METRICS_PORT" not in os.environ:
+        overrides["metrics_port"] = 0
     return RelaySettings(**overrides)
 
 
@@ -60,10 +62,11 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def run(settings: RelaySettings, sock: socket.socket) -> None:
+async def run(settings: RelaySettings, sock: socket.socket, metrics_sock: socket.socket) -> None:
     import uvicorn
 
     from gptomni_relay.app import create_app
+    from gptomni_relay.probes import create_metrics_app
 
     port = sock.getsockname()[1]
     async with AsyncExitStack() as stack:
@@ -83,8 +86,10 @@ async def run(settings: RelaySettings, sock: socket.socket) -> None:
             })
             log.info("demo mode: simulated GPT-Omni upstream", extra={"upstream": simulator.url})
         app = create_app(settings)
+        metrics = await stack.enter_async_context(
+            serve_app(create_metrics_app(app.state.relay), sock=metrics_sock, quiet=True, lifespan="off"))
         log.info("relay listening", extra={"url": f"http://{settings.host}:{port}/v1", "demo": settings.demo,
-                                           "upstream": settings.upstream_url})
+                                           "metrics": f"{metrics.url}/metrics", "upstream": settings.upstream_url})
         if settings.demo:
             key = app.state.relay.api_keys[0].decode()
             print(
@@ -116,20 +121,23 @@ def main(argv: list[str] | None = None) -> int:
         # Never pydantic's own text: it quotes the input, and the input may be a cookie.
         return _fail(f"configuration error: {describe_validation_error(exc)}")
     configure_logging(settings.log_level, settings.log_format)
+    sockets: list[socket.socket] = []
     try:
         # Bound before anything starts, so a busy port is one clear line, not a traceback.
-        sock = bind_socket(settings.host, settings.port)
-    except OSError as exc:
-        return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
-    try:
+        for port in (settings.port, settings.metrics_port):
+            try:
+                sockets.append(bind_socket(settings.host, port))
+            except OSError as exc:
+                return _fail(f"cannot listen on {settings.host}:{port}: {exc.strerror or exc}")
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(run(settings, sock))
+            runner.run(run(settings, *sockets))
     except ConfigurationError as exc:
         return _fail(f"configuration error: {exc}")
     except KeyboardInterrupt:
         return 130
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     return 0
 
 

@@ -60,16 +60,19 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_config(app: Any, **overrides: Any) -> uvicorn.Config:
-    options: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "on", "backlog": 2048}
+    # No `server: uvicorn` banner: nothing tells a scanner what to try.
+    options: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "on", "backlog": 2048,
+                               "server_header": False}
     options.update(overrides)
     return uvicorn.Config(app, **options)
 
 
 @asynccontextmanager
-async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 0, *, quiet: bool = False,
-                    **overrides: Any) -> AsyncIterator[RunningServer]:
-    """Serves `app` in a task of the running loop; `quiet` keeps its start-up lines out of the log."""
-    sock = bind_socket(host, port)
+async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None,
+                    quiet: bool = False, **overrides: Any) -> AsyncIterator[RunningServer]:
+    """Serves `app` in a task of the running loop, on `sock` if given (else one bound to
+    host:port); `quiet` keeps its start-up lines out of the log."""
+    sock = sock or bind_socket(host, port)
     server = EmbeddedServer(uvicorn_config(app, **overrides))
     token = _QUIET_SERVER.set(quiet)
     try:
@@ -82,7 +85,7 @@ async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 0, *, quiet: 
                 task.result()  # surfaces the start-up error
                 raise RuntimeError("server stopped before it started")
             await asyncio.sleep(0.005)
-        yield RunningServer(host, sock.getsockname()[1], server)
+        yield RunningServer(sock.getsockname()[0], sock.getsockname()[1], server)
     finally:
         server.should_exit = True
         await task

@@ -26,6 +26,9 @@ class RelaySettings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
+    # /metrics (and the probes) on a port of their own, which no Ingress routes. 0: any
+    # free port (the demo's default, so it never collides with a local Prometheus).
+    metrics_port: int = Field(9090, ge=0, le=65535)
     demo: bool = False
     # Shape of the built-in simulator's answers in --demo mode (try latency, load).
     demo_token_delay_seconds: float = Field(0.03, ge=0)
