@@ -22,6 +22,7 @@ import openai
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 
 from gptomni_relay.app import create_app
 from gptomni_relay.probes import create_metrics_app
@@ -85,6 +86,12 @@ def write_data_link(directory: Path, target: str) -> None:
     link = directory / "credentials.json"
     if not link.is_symlink():
         os.symlink("..data/credentials.json", link)
+
+
+def sample_value(exposition: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus exposition, summed over other labels; 0 if absent."""
+    return sum(sample.value for family in text_string_to_metric_families(exposition) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
 @dataclass
@@ -151,6 +158,7 @@ def start_harness(
     }
     options.update(settings)
     app = create_app(RelaySettings(**options), tracer_provider=provider)
-    relay_server = servers.enter(serve_app(app, timeout_graceful_shutdown=5))
+    relay_server = servers.enter(serve_app(app, limits=app.state.relay.settings.http_limits(),
+                                           timeout_graceful_shutdown=5))
     metrics_server = servers.enter(serve_app(create_metrics_app(app.state.relay), lifespan="off"))
     return Harness(servers, sim, sim_server, relay_server, metrics_server, app.state.relay, spans)

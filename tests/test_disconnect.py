@@ -80,3 +80,45 @@ async def test_hang_up_without_streaming_cancels_the_upstream_request(make_relay
         await asyncio.gather(request, return_exceptions=True)
     assert await seconds_until_released(relay, sim) < 1.0
     assert 'gptomni_requests_total{model="gptomni",status="499",stream="false"} 1.0' in relay.metrics_text()
+
+
+async def hang_up_while(relay: Harness, condition, body: dict) -> None:  # noqa: ANN001
+    """Sends `body`, waits (≤ 3 s) until `condition()` holds, then gives up on the request."""
+    async with httpx.AsyncClient(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}) as http:
+        request = asyncio.ensure_future(http.post("/v1/chat/completions", json=body))
+        deadline = time.monotonic() + 3
+        while not condition() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert condition()
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+
+
+async def test_hang_up_while_queued_for_a_slot_never_reaches_upstream(make_relay) -> None:  # noqa: ANN001
+    sim = SimulatorState(default=Behaviour(token_delay=0.3, answer_words=10))
+    relay: Harness = make_relay(sim=sim, default_max_concurrency=1, acquire_timeout_seconds=10)
+    async with relay.async_client() as client:
+        holder = asyncio.ensure_future(client.chat.completions.create(model="gptomni", messages=MESSAGES))
+        deadline = time.monotonic() + 3
+        while sim.active == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        queued = lambda: relay.state.pool._waiters != []  # noqa: E731, SLF001
+        await hang_up_while(relay, queued, {"model": "gptomni", "messages": MESSAGES, "stream": True})
+        await asyncio.sleep(0.2)
+        waiters = relay.state.pool._waiters  # noqa: SLF001 - the queue itself is what must be left
+        assert waiters == []
+        await holder
+    await asyncio.sleep(0.3)
+    assert len(sim.received) == 1  # only the request that held the slot ever reached GPT-Omni
+    assert 'gptomni_requests_total{model="gptomni",status="499",stream="true"} 1.0' in relay.metrics_text()
+
+
+async def test_hang_up_between_failover_attempts_stops_failing_over(make_relay) -> None:  # noqa: ANN001
+    sim = SimulatorState()
+    sim.set("session=a", first_byte_delay=10)  # silent: the relay waits for its first byte
+    sim.set("session=b", first_byte_delay=10)
+    relay: Harness = make_relay(sim=sim, cookies=["session=a", "session=b"], first_byte_timeout_seconds=1.5)
+    await hang_up_while(relay, lambda: sim.active == 1, {"model": "gptomni", "messages": MESSAGES})
+    await asyncio.sleep(2.5)  # past the first attempt's timeout: no second attempt may start
+    assert len(sim.received) == 1 and sim.active == 0
+    assert relay.state.pool.total_in_flight() == 0

@@ -87,7 +87,8 @@ async def run(settings: RelaySettings, sock: socket.socket, metrics_sock: socket
             log.info("demo mode: simulated GPT-Omni upstream", extra={"upstream": simulator.url})
         app = create_app(settings)
         metrics = await stack.enter_async_context(
-            serve_app(create_metrics_app(app.state.relay), sock=metrics_sock, quiet=True, lifespan="off"))
+            serve_app(create_metrics_app(app.state.relay), sock=metrics_sock, quiet=True, lifespan="off",
+                      limits=settings.http_limits()))
         log.info("relay listening", extra={"url": f"http://{settings.host}:{port}/v1", "demo": settings.demo,
                                            "metrics": f"{metrics.url}/metrics", "upstream": settings.upstream_url})
         if settings.demo:
@@ -101,9 +102,10 @@ async def run(settings: RelaySettings, sock: socket.socket, metrics_sock: socket
         stack.callback(young_collections.cancel)
         server = uvicorn.Server(uvicorn_config(
             app,
+            settings.http_limits(),
             # Open streams run on for the grace period, then are cancelled (closing upstream).
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
-            timeout_keep_alive=75,
+            timeout_keep_alive=settings.keep_alive_timeout_seconds,
         ))
         await server.serve(sockets=[sock])
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import uvicorn
 
+from gptomni_relay.http_guard import DEFAULT_LIMITS, HttpLimits, guarded_protocol
+
 
 @dataclass(frozen=True)
 class RunningServer:
@@ -59,21 +61,22 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: Any, **overrides: Any) -> uvicorn.Config:
+def uvicorn_config(app: Any, limits: HttpLimits = DEFAULT_LIMITS, **overrides: Any) -> uvicorn.Config:
     # No `server: uvicorn` banner: nothing tells a scanner what to try.
     options: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "on", "backlog": 2048,
-                               "server_header": False}
+                               "server_header": False, "http": guarded_protocol(limits)}
     options.update(overrides)
     return uvicorn.Config(app, **options)
 
 
 @asynccontextmanager
 async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None,
-                    quiet: bool = False, **overrides: Any) -> AsyncIterator[RunningServer]:
+                    quiet: bool = False, limits: HttpLimits = DEFAULT_LIMITS,
+                    **overrides: Any) -> AsyncIterator[RunningServer]:
     """Serves `app` in a task of the running loop, on `sock` if given (else one bound to
     host:port); `quiet` keeps its start-up lines out of the log."""
     sock = sock or bind_socket(host, port)
-    server = EmbeddedServer(uvicorn_config(app, **overrides))
+    server = EmbeddedServer(uvicorn_config(app, limits, **overrides))
     token = _QUIET_SERVER.set(quiet)
     try:
         task = asyncio.create_task(server.serve(sockets=[sock]))

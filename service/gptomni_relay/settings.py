@@ -13,8 +13,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gptomni_common.pool_file import check_cookie_value
 from gptomni_common.setting_types import BaseUrl, CommaList
+from gptomni_relay.file_watch import read_bounded
+from gptomni_relay.http_guard import HttpLimits
 
 DEMO_API_KEY = "sk-gptomni-demo"
+MAX_API_KEYS_FILE_BYTES = 1024 * 1024
+
+
+def parse_api_keys(text: str) -> list[str]:
+    """A key file: one key per line, or comma separated."""
+    return [key.strip() for key in text.replace(",", "\n").splitlines() if key.strip()]
 
 
 def _header_safe(cookies: list[str]) -> list[str]:
@@ -48,6 +56,12 @@ class RelaySettings(BaseSettings):
     default_max_concurrency: int = Field(8, ge=1)
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # What one client connection may make the relay hold (http_guard.py).
+    max_header_bytes: int = Field(32 * 1024, ge=4096, le=1_048_576)
+    max_header_count: int = Field(100, ge=16, le=1000)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    keep_alive_timeout_seconds: float = Field(75.0, gt=0)
     # A non-streamed answer is held whole before it is sent: beyond this, 502.
     max_answer_chars: int = Field(4_000_000, ge=1024)
 
@@ -70,10 +84,13 @@ class RelaySettings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
 
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(self.max_header_bytes, self.max_header_count,
+                          self.header_timeout_seconds, self.body_timeout_seconds)
+
     def load_api_keys(self) -> list[str]:
-        """Keys from the environment plus the mounted key file (one per line or comma)."""
+        """Keys from the environment plus the mounted key file, as at start-up."""
         keys = list(self.api_keys)
         if self.api_keys_file is not None:
-            text = self.api_keys_file.read_text(encoding="utf-8")
-            keys.extend(k.strip() for k in text.replace(",", "\n").splitlines() if k.strip())
+            keys.extend(parse_api_keys(read_bounded(self.api_keys_file, MAX_API_KEYS_FILE_BYTES).decode("utf-8")))
         return keys

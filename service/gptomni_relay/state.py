@@ -18,9 +18,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamTimeouts
 from gptomni_relay.core.failover import AnswerSource, FailoverPolicy
 from gptomni_relay.core.pool import Credential, CredentialPool
-from gptomni_relay.core.pool_sources import PoolFileWatcher, credentials_from_env
+from gptomni_relay.core.pool_sources import MAX_POOL_FILE_BYTES, credentials_from_env, credentials_from_file
+from gptomni_relay.file_watch import FileWatcher
 from gptomni_relay.metrics import RelayMetrics
-from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
+from gptomni_relay.settings import DEMO_API_KEY, MAX_API_KEYS_FILE_BYTES, RelaySettings, parse_api_keys
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,26 @@ class RelayState:
     tracer_provider: TracerProvider | None
     answers: AnswerSource
     static_credentials: list[Credential]
-    watcher: PoolFileWatcher | None = None
+    watchers: list[FileWatcher] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def apply_file_credentials(self, credentials: list[Credential]) -> None:
+    def load_pool_file(self, raw: bytes) -> None:
+        credentials = credentials_from_file(raw, self.settings.default_max_concurrency)
         self.pool.replace([*self.static_credentials, *credentials])
+        log.info("credentials file loaded", extra={"credentials": [c.id for c in credentials]})
+
+    def load_api_keys_file(self, raw: bytes) -> None:
+        """A key removed from the file stops working at the next poll: revocation needs no restart."""
+        keys = [*self.settings.api_keys, *parse_api_keys(raw.decode("utf-8"))]
+        if not keys:
+            log.warning("the API key file lists no key: every request is refused until one is added")
+        self.api_keys = [key.encode("utf-8") for key in keys]
+        log.info("API keys loaded", extra={"keys": len(keys)})  # how many, never which
 
     async def start(self) -> None:
-        if self.watcher is not None:
-            self.watcher.check_now()
-            self.tasks.append(asyncio.create_task(self.watcher.run(), name="pool-file-watcher"))
+        for watcher in self.watchers:
+            watcher.check_now()
+            self.tasks.append(asyncio.create_task(watcher.run(), name=f"watch {watcher.path}"))
         if self.settings.eject_probe_seconds > 0:
             self.tasks.append(asyncio.create_task(self._probe_ejected_forever(), name="ejected-prober"))
 
@@ -84,7 +95,7 @@ class RelayState:
 def resolve_api_keys(settings: RelaySettings) -> list[str]:
     try:
         keys = settings.load_api_keys()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read GPTOMNI_API_KEYS_FILE: {exc}") from None
     if not keys:
         if settings.demo:
@@ -130,11 +141,13 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None)
         static_credentials=static,
     )
     if settings.credentials_file is not None:
-        relay.watcher = PoolFileWatcher(
-            settings.credentials_file,
-            settings.credentials_poll_seconds,
-            settings.default_max_concurrency,
-            apply=relay.apply_file_credentials,
-            on_result=lambda result: metrics.pool_reloads.labels(result).inc(),
-        )
+        relay.watchers.append(FileWatcher(
+            settings.credentials_file, "credentials", settings.credentials_poll_seconds, MAX_POOL_FILE_BYTES,
+            load=relay.load_pool_file, on_result=lambda result: metrics.pool_reloads.labels(result).inc(),
+        ))
+    if settings.api_keys_file is not None:
+        relay.watchers.append(FileWatcher(
+            settings.api_keys_file, "API key", settings.credentials_poll_seconds, MAX_API_KEYS_FILE_BYTES,
+            load=relay.load_api_keys_file,
+        ))
     return relay

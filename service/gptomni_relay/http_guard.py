@@ -1,0 +1,146 @@
+"""Bounds on what one client connection may make the server hold, and for how long.
+
+uvicorn's httptools protocol reads request headers without a size, count or time limit
+(a 4 MB header line is buffered whole, a connection trickling a header every few seconds
+stays open for minutes), and a request body may arrive as slowly as the client likes.
+`GuardedHttpProtocol` is that protocol with the limits a server on the internet needs:
+
+- request line and headers at most `max_header_bytes` together, and at most
+  `max_header_count` headers: 431 beyond;
+- headers complete within `header_timeout` of their first byte (or of the connection,
+  so a silent connection is closed too): 408 beyond;
+- the whole body within `body_timeout` of the headers: 408 beyond;
+- idle keep-alive connections are uvicorn's own `timeout_keep_alive`.
+
+Memory per connection is thus at most `max_header_bytes` plus one read, whatever clients
+send. Everything else (parsing, the ASGI cycle, keep-alive, streaming) stays uvicorn's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int = 32 * 1024
+    max_header_count: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+
+
+DEFAULT_LIMITS = HttpLimits()
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request that broke a limit."""
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """Between a request's headers and the end of its body the body timeout applies;
+    every other byte a client sends belongs to some request's line and headers."""
+
+    def __init__(self, *args: Any, limits: HttpLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+        self._body_pending = False
+        self._header_bytes = 0
+        self._header_count = 0
+        self._refusal: int | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self._limits.header_timeout)  # a connection that never speaks is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._body_pending:
+            if self._timer is None:  # the first byte of a request on a kept-alive connection
+                self._arm(self._limits.header_timeout)
+            self._header_bytes += len(data)
+        super().data_received(data)
+        # The parser holds at most the limit plus the read that crossed it.
+        if not self._body_pending and self._header_bytes > self._limits.max_header_bytes:
+            self._refuse(431)
+
+    def send_400_response(self, msg: str) -> None:
+        # The parser stops with an error when one of our callbacks refused the request.
+        if self._refusal is not None:
+            return self._refuse(self._refusal)
+        super().send_400_response(msg)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self._limits.max_header_count:
+            self._refusal = 431
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._body_pending = True
+        self._header_bytes = 0
+        self._header_count = 0
+        self._arm(self._limits.body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._body_pending = False
+        self._disarm()
+        super().on_message_complete()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if not self._body_pending and self._header_bytes == 0:
+            self.transport.close()  # an idle connection: nothing to answer
+            return
+        log.warning("client too slow; connection closed", extra={
+            "phase": "body" if self._body_pending else "headers", "client": _client(self.client)})
+        self._refuse(408)
+
+    def _refuse(self, status: int) -> None:
+        self._disarm()
+        if self.cycle is not None:
+            self.cycle.keep_alive = False
+            if self.cycle.response_started and not self.cycle.response_complete:
+                self.transport.close()  # mid-response: a status line would corrupt it
+                return
+        reason = _REASONS[status]
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason, len(reason), reason)
+        )
+        self.transport.close()
+
+
+def _client(address: tuple[str, int] | None) -> str | None:
+    return f"{address[0]}:{address[1]}" if address else None
+
+
+def guarded_protocol(limits: HttpLimits) -> Any:
+    """What uvicorn's `http=` setting takes: a protocol factory with these limits."""
+    return functools.partial(GuardedHttpProtocol, limits=limits)

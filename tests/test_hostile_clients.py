@@ -1,0 +1,141 @@
+"""Clients as an attacker would be: huge or endless headers, a trickle of bytes, a body
+that never ends, many unfinished requests at once. The relay answers 431/408 or closes,
+within its limits, and holds no more memory than the limits allow."""
+
+from __future__ import annotations
+
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tests.harness import Harness
+
+REQUEST_LINE = b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\n"
+
+
+@contextmanager
+def connection(relay: Harness, timeout: float = 5.0) -> Iterator[socket.socket]:
+    sock = socket.create_connection((relay.relay_server.host, relay.relay_server.port), timeout=timeout)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (bounded by the socket timeout)."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return received
+
+
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server refused and closed mid-send: what we are testing
+
+
+def status_of(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1])
+
+
+def test_a_header_over_the_limit_gets_431(relay: Harness) -> None:
+    with connection(relay) as sock:
+        send_quietly(sock, REQUEST_LINE + b"X-Big: " + b"a" * (1024 * 1024) + b"\r\n\r\n")
+        reply = read_reply(sock)
+    assert status_of(reply) == 431 and b"connection: close" in reply.lower()
+
+
+def test_too_many_headers_get_431(relay: Harness) -> None:
+    headers = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
+    with connection(relay) as sock:
+        send_quietly(sock, REQUEST_LINE + headers + b"\r\n")
+        assert status_of(read_reply(sock)) == 431
+
+
+def test_headers_at_the_limit_are_served(relay: Harness) -> None:
+    headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 200) for i in range(90))  # ~19 KB, 92 headers
+    body = b'{"model": "gptomni", "messages": [{"role": "user", "content": "hi"}]}'
+    with connection(relay) as sock:
+        sock.sendall(REQUEST_LINE + headers + b"Authorization: Bearer " + relay.api_key.encode()
+                     + b"\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+                     + body)
+        reply = read_reply(sock)
+    assert status_of(reply) == 200, reply[:200]
+
+
+def test_a_trickle_of_header_lines_is_cut_off(make_relay) -> None:  # noqa: ANN001
+    relay: Harness = make_relay(header_timeout_seconds=1.0)
+    started = time.monotonic()
+    with connection(relay) as sock:
+        sock.sendall(REQUEST_LINE)
+        for i in range(20):  # one header line every 0.25 s would take 5 s
+            try:
+                sock.sendall(b"X-Slow-%d: x\r\n" % i)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.25)
+        reply = read_reply(sock)
+    assert status_of(reply) == 408
+    assert time.monotonic() - started < 4
+
+
+def test_a_silent_connection_is_closed(make_relay) -> None:  # noqa: ANN001
+    relay: Harness = make_relay(header_timeout_seconds=0.5)
+    with connection(relay) as sock:
+        started = time.monotonic()
+        assert read_reply(sock) == b""  # closed without a word
+        assert time.monotonic() - started < 3
+
+
+def test_a_body_that_never_ends_is_cut_off(make_relay) -> None:  # noqa: ANN001
+    relay: Harness = make_relay(body_timeout_seconds=1.0)
+    with connection(relay) as sock:
+        sock.sendall(REQUEST_LINE + b"Authorization: Bearer " + relay.api_key.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\":")
+        started = time.monotonic()
+        reply = read_reply(sock)
+    assert status_of(reply) == 408
+    assert time.monotonic() - started < 4
+
+
+def test_keep_alive_still_serves_request_after_request(relay: Harness) -> None:
+    with connection(relay) as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+            reply = b""
+            while not reply.endswith(b'{"status":"ok"}'):  # bounded by the socket timeout
+                chunk = sock.recv(65536)
+                assert chunk, reply
+                reply += chunk
+            assert status_of(reply) == 200
+
+
+@pytest.mark.timeout(120)
+def test_many_unfinished_requests_hold_little_memory(relay: Harness) -> None:
+    peak_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    chunk = b"X-Fill: " + b"a" * (256 * 1024)
+    socks = []
+    try:
+        for _ in range(30):  # each tries to send 4 MB of headers that never end
+            sock = socket.create_connection((relay.relay_server.host, relay.relay_server.port), timeout=5)
+            socks.append(sock)
+            send_quietly(sock, REQUEST_LINE)
+            for _ in range(16):
+                send_quietly(sock, chunk)
+        replies = [read_reply(sock) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert all(status_of(reply) == 431 for reply in replies)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kb) / 1024
+    assert grown_mb < 40, f"peak memory grew by {grown_mb:.0f} MB for 30 unfinished requests"
