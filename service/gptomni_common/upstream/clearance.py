@@ -3,7 +3,7 @@
 cloudscraper is synchronous (requests). It runs only when the upstream answers with a
 challenge, in a small dedicated thread pool, and at most once at a time: every request
 that hits the challenge meanwhile waits for that one solve. The hot path never touches
-it; it streams with httpx using the clearance cookies and User-Agent found here.
+it; it streams with aiohttp (client.py) using the clearance cookies and User-Agent found here.
 """
 
 from __future__ import annotations
