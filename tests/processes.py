@@ -26,6 +26,7 @@ def free_port() -> int:
 class RelayProcess:
     process: subprocess.Popen[str]
     port: int
+    metrics_port: int
     log: tempfile._TemporaryFileWrapper[str]
 
     @property
@@ -57,6 +58,7 @@ def wait_ready(url: str, process: subprocess.Popen[str], log_path: str, timeout:
 def relay_process(*args: str, env: dict[str, str] | None = None) -> Iterator[RelayProcess]:
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTOMNI_", "OTEL_"))}
+    full_env["GPTOMNI_METRICS_PORT"] = str(free_port())
     full_env.update(env or {})
     log = tempfile.NamedTemporaryFile("w+", prefix="relay-", suffix=".log")  # noqa: SIM115
     process = subprocess.Popen(
@@ -65,7 +67,7 @@ def relay_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Rel
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}", process, log.name)
-        yield RelayProcess(process, port, log)
+        yield RelayProcess(process, port, int(full_env["GPTOMNI_METRICS_PORT"]), log)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

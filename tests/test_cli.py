@@ -6,12 +6,15 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
+import httpx
 import openai
+import pytest
 
 from gptomni_relay.settings import DEMO_API_KEY
 from tests.processes import relay_process
@@ -38,6 +41,51 @@ def test_demo_mode_serves_the_openai_sdk_and_prints_its_key() -> None:
     assert any(line["message"] == "chat completion finished" for line in log_lines)
     assert all({"asctime", "level", "name", "message"} <= line.keys() for line in log_lines)
     assert "\x1b" not in output and not any("color_message" in line for line in log_lines)
+    # The embedded simulator is uvicorn too; only the relay's own start-up is told.
+    assert output.count("Started server process") == 1
+    listening = [line for line in log_lines if line["message"] == "relay listening"]
+    assert len(listening) == 1 and listening[0]["url"] == f"{relay.url}/v1" and listening[0]["demo"] is True
+
+
+def test_real_mode_says_where_it_listens_and_text_logs_keep_the_fields() -> None:
+    env = {"GPTOMNI_API_KEYS": "sk-cli-test", "GPTOMNI_CREDENTIALS": '["session=x"]', "GPTOMNI_LOG_FORMAT": "text",
+           "GPTOMNI_UPSTREAM_URL": "http://127.0.0.1:9"}  # nothing listens there: the answer is a 502
+    with relay_process(env=env) as relay:
+        response = httpx.post(f"{relay.url}/v1/chat/completions", headers={"Authorization": "Bearer sk-cli-test"},
+                              json={"model": "gptomni", "messages": [{"role": "user", "content": "x"}]}, timeout=30)
+        assert response.status_code == 502
+        time.sleep(0.2)
+        output = relay.output()
+    assert f"relay listening url=http://0.0.0.0:{relay.port}/v1" in output
+    finished = next(line for line in output.splitlines() if "chat completion finished" in line)
+    assert "status=502" in finished and "model=gptomni" in finished and "code=upstream_error" in finished
+    assert "upstream attempt failed" in output and "credential=env/0" in output
+
+
+def test_a_busy_port_is_one_clear_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPTOMNI_")}
+        result = subprocess.run([sys.executable, "-m", "gptomni_relay", "--demo", "--port", str(port)],
+                                env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"gptomni-relay: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("credentials", [
+    '["session=SECRET-COOKIE\\r\\nX-Injected: 1"]',  # valid JSON; a cookie no header may carry
+    '["session=SECRET-COOKIE", 7]',  # not a list of strings
+    '["session=SECRET-COOKIE\r\n',  # not JSON at all
+])
+def test_a_malformed_credentials_variable_never_prints_the_cookie(credentials: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTOMNI_")}
+    env.update({"GPTOMNI_API_KEYS": "sk-x", "GPTOMNI_CREDENTIALS": credentials})
+    result = subprocess.run([sys.executable, "-m", "gptomni_relay"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "configuration error" in result.stderr and "credentials" in result.stderr
+    assert "SECRET" not in result.stderr + result.stdout and "Traceback" not in result.stderr
 
 
 def test_refuses_to_start_without_an_api_key() -> None:

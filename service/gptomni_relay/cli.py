@@ -18,6 +18,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from gptomni_common.logging_setup import configure_logging
 from gptomni_common.redaction import describe_validation_error
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         # Never pydantic's own text: it quotes the input, and the input may be a cookie.
         return _fail(f"configuration error: {describe_validation_error(exc)}")
+    except SettingsError as exc:  # a variable that is not even JSON; the message names it only
+        return _fail(f"configuration error: {exc}")
     configure_logging(settings.log_level, settings.log_format)
     sockets: list[socket.socket] = []
     try:

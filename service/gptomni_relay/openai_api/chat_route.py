@@ -8,6 +8,7 @@ bad body, an internal error): key guessing and bugs must show on the dashboard. 
 
 from __future__ import annotations
 
+import logging
 import time
 
 from starlette.requests import Request
@@ -24,6 +25,8 @@ from gptomni_relay.openai_api.event_stream import EventStreamResponse
 from gptomni_relay.openai_api.hang_up import HangUpWatch
 from gptomni_relay.openai_api.request_reading import conversation, parse_request, read_limited_body
 from gptomni_relay.state import RelayState
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_MODEL = "unknown"
 
@@ -65,7 +68,11 @@ async def chat_completions(request: Request) -> Response:
 
 
 def _refuse(relay: RelayState, error: APIError, model: str, stream: bool, started: float) -> Response:
-    relay.metrics.observe_request(model, error.status, stream, time.monotonic() - started)
+    duration = time.monotonic() - started
+    relay.metrics.observe_request(model, error.status, stream, duration)
+    log.info("chat completion finished", extra={
+        "model": model, "stream": stream, "status": error.status, "code": error.code,
+        "duration_ms": round(duration * 1000, 1)})
     return error.response()
 
 
