@@ -191,6 +191,7 @@ def relay_env(sim_url: str) -> dict[str, str]:
         "GPTOMNI_CREDENTIALS": json.dumps([f"session={i}" for i in range(4)]),
         "GPTOMNI_DEFAULT_MAX_CONCURRENCY": "5000",
         "GPTOMNI_EJECT_PROBE_SECONDS": "0",
+        "GPTOMNI_METRICS_PORT": str(free_port()),  # never a fixed port another process may hold
     }
 
 
