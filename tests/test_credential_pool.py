@@ -263,3 +263,16 @@ def test_non_streaming_answer_that_breaks_is_retried_on_another_credential(make_
     assert sessions_used(sim)["session=alpha"] >= 1  # it did break at least once, and nobody saw it
     assert relay.state.pool.total_in_flight() == 0
     assert sample_value(relay.metrics_text(), "gptomni_stream_interruptions_total") >= 1
+
+
+def test_a_cookie_that_cannot_be_a_header_is_left_out_and_the_rest_serves(
+        make_relay: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="gptomni_relay.core.pool_sources")
+    relay = file_relay(make_relay, tmp_path, [entry("bad", "session=SECRET-A\r\nX-Injected: 1"), entry("good", "session=b")])
+    assert ids(relay) == {"default/good": "healthy"}
+    for _ in range(3):
+        assert relay.client().chat.completions.create(model="gptomni", messages=HELLO).choices
+    assert all(chat.session == "session=b" for chat in relay.sim.received)
+    logged = [record.__dict__ for record in caplog.records]
+    assert any(record.get("credentials") == ["default/bad"] for record in logged)
+    assert "SECRET" not in caplog.text + repr(logged)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gptomni_common.redaction import describe_validation_error
 
@@ -17,10 +17,14 @@ SECRET_KEY = "credentials.json"
 DEFAULT_POOL_SECRET = "gptomni-credentials"
 
 
-def check_cookie_value(cookie: str) -> str:
+def is_header_safe(cookie: str) -> bool:
     """A cookie becomes an HTTP header value: a control character (CR/LF above all) would
     split the request, or make the HTTP client refuse it mid-request."""
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in cookie):
+    return not any(ord(char) < 0x20 or ord(char) == 0x7F for char in cookie)
+
+
+def check_cookie_value(cookie: str) -> str:
+    if not is_header_safe(cookie):
         raise ValueError("a cookie contains a control character, which no header value may")
     return cookie
 
@@ -32,11 +36,8 @@ class PoolEntry(BaseModel):
     cookie: str = Field(min_length=1, repr=False)
     weight: int = Field(1, ge=1, le=1000)
     max_concurrency: int | None = Field(None, alias="maxConcurrency", ge=1, le=100_000)
-
-    @field_validator("cookie")
-    @classmethod
-    def _cookie_is_a_header_value(cls, cookie: str) -> str:
-        return check_cookie_value(cookie)
+    # A cookie that is no header value (is_header_safe) still parses: one bad entry must not
+    # stop the rest of the pool from loading. Readers skip such entries by id.
 
 
 class PoolDocument(BaseModel):
