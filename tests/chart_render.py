@@ -13,6 +13,17 @@ CHART = ROOT / "charts" / "gptomni"
 KUBE_VERSION = "1.31.0"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML silently keeps the last of two equal keys; strict YAML decoders reject them, and so do we."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = sorted({str(key) for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(None, None, f"repeated keys {repeated}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def render(values: dict[str, Any] | None = None, namespace: str = "llm") -> list[dict[str, Any]]:
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(values or {})
@@ -21,7 +32,7 @@ def render(values: dict[str, Any] | None = None, namespace: str = "llm") -> list
     for path, text in sorted(rendered.items()):
         if not path.endswith(".yaml"):
             continue
-        documents.extend(doc for doc in yaml.safe_load_all(text) if doc)
+        documents.extend(doc for doc in yaml.load_all(text, Loader=_UniqueKeyLoader) if doc)
     return documents
 
 
