@@ -51,6 +51,13 @@ def one(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]
     return found
 
 
+def pod(documents: list[dict[str, Any]], deployment: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod spec of a Deployment and its one container."""
+    spec = one(documents, "Deployment", deployment)["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    return spec, container
+
+
 FULL = {
     "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
                 "grafanaDashboard": {"enabled": True}},

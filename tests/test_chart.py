@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart_render import CHART, KUBE_VERSION, ROOT, VARIANTS, by_kind, notes, one, render
+from tests.chart_render import CHART, KUBE_VERSION, ROOT, VARIANTS, by_kind, notes, one, pod, render
 
 # Kinds that kubernetes-validate has no schema for (CRDs of other projects).
 THIRD_PARTY = {"ServiceMonitor", "PrometheusRule", "HTTPRoute", "BackendTrafficPolicy"}
@@ -116,6 +116,14 @@ def test_ingress_providers() -> None:
     assert policy["spec"]["loadBalancer"]["type"] == "LeastRequest"
     assert policy["spec"]["targetRefs"][0]["name"] == one(gateway, "HTTPRoute", "gptomni-relay")["metadata"]["name"]
     assert not by_kind(gateway, "Ingress")
+
+
+def test_pool_secret_name_reaches_the_relay_and_the_operator() -> None:
+    documents = render({"poolSecret": {"name": "team-pool"}})
+    spec, _ = pod(documents, "gptomni-relay")
+    assert {"name": "pool", "secret": {"secretName": "team-pool", "optional": True}} in spec["volumes"]
+    _, operator = pod(documents, "gptomni-operator")
+    assert {"name": "GPTOMNI_OPERATOR_DEFAULT_TARGET_SECRET", "value": "team-pool"} in operator["env"]
 
 
 def test_operator_rbac_is_least_privilege() -> None:
