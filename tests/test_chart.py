@@ -46,6 +46,7 @@ def test_every_core_object_validates_strictly(variant: str) -> None:
         ({"image": {"digest": "latest"}}, "digest"),
         ({"relay": {"apiKeys": {"keys": ["short"]}}}, "keys"),
         ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, "watchNamespaces"),
+        ({"ingress": {"gateway": {"backendTrafficPolicy": {"enable": False}}}}, "enable"),
     ],
 )
 def test_invalid_values_fail_with_the_schema_error(values: dict[str, Any], message: str) -> None:
@@ -124,6 +125,14 @@ def test_pool_secret_name_reaches_the_relay_and_the_operator() -> None:
     assert {"name": "pool", "secret": {"secretName": "team-pool", "optional": True}} in spec["volumes"]
     _, operator = pod(documents, "gptomni-operator")
     assert {"name": "GPTOMNI_OPERATOR_DEFAULT_TARGET_SECRET", "value": "team-pool"} in operator["env"]
+
+
+def test_envoy_backend_traffic_policy_has_its_own_flag() -> None:
+    gateway = VARIANTS["gateway"]["ingress"]
+    documents = render({"ingress": {**gateway, "gateway": {"backendTrafficPolicy": {"enabled": False}}}})
+    assert one(documents, "HTTPRoute", "gptomni-relay")["spec"]["rules"][0]["timeouts"]["request"] == "3600s"
+    assert not by_kind(documents, "BackendTrafficPolicy")
+    assert by_kind(render(VARIANTS["gateway"]), "BackendTrafficPolicy")
 
 
 def test_operator_rbac_is_least_privilege() -> None:
