@@ -67,6 +67,41 @@ FULL = {
     "operator": {"peering": {"enabled": True}, "replicas": 2},
 }
 
+# The chart conventions a maintainer overrides: ports, environment from a Secret, an extra
+# volume, common labels, a renamed pool Secret, the gateway without Envoy's policy.
+CONVENTIONS = {
+    "commonLabels": {"team": "llm", "example.com/cost-center": "cc-42"},
+    "poolSecret": {"name": "team-pool"},
+    "relay": {
+        "containerPorts": {"http": 9000},
+        "env": {"GPTOMNI_LOG_LEVEL": "DEBUG"},
+        "extraEnvVars": [
+            {"name": "HTTPS_PROXY", "valueFrom": {"secretKeyRef": {"name": "proxy", "key": "url"}}},
+            {"name": "GPTOMNI_LOG_LEVEL", "value": "INFO"},
+        ],
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}],
+        "livenessProbe": {"periodSeconds": 30},
+        "startupProbe": None,
+    },
+    "operator": {
+        "containerPorts": {"metrics": 9191, "health": 8181},
+        "extraEnvVars": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}],
+    },
+    "ingress": {"enabled": True, "provider": "gateway", "gateway": {"backendTrafficPolicy": {"enabled": False}}},
+    "networkPolicy": {"enabled": True},
+    "metrics": {"serviceMonitor": {"enabled": True}},
+}
+
+# OpenShift's restricted SCCs assign a UID (and fsGroup) from the namespace's range.
+_NO_FIXED_IDS = {"runAsUser": None, "runAsGroup": None}
+OPENSHIFT = {
+    component: {"podSecurityContext": {**_NO_FIXED_IDS, "fsGroup": None}, "containerSecurityContext": _NO_FIXED_IDS}
+    for component in ("relay", "operator")
+}
+
 # Every provider and toggle: what the lint, validation and checkov tests run over.
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -77,4 +112,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "namespaced-operator": {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
     "no-operator-existing-keys": {"operator": {"enabled": False}, "relay": {"apiKeys": {"existingSecret": "my-keys"}}},
     "digest-pinned": {"image": {"digest": "sha256:" + "a" * 64}, "networkPolicy": {"enabled": True}},
+    "conventions": CONVENTIONS,
+    "openshift": OPENSHIFT,
 }
