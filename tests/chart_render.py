@@ -73,7 +73,7 @@ CONVENTIONS = {
     "commonLabels": {"team": "llm", "example.com/cost-center": "cc-42"},
     "poolSecret": {"name": "team-pool"},
     "relay": {
-        "containerPorts": {"http": 9000},
+        "containerPorts": {"http": 9000, "metrics": 9292},
         "env": {"GPTOMNI_LOG_LEVEL": "DEBUG"},
         "extraEnvVars": [
             {"name": "HTTPS_PROXY", "valueFrom": {"secretKeyRef": {"name": "proxy", "key": "url"}}},

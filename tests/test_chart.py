@@ -153,14 +153,16 @@ def _port_number(container: dict[str, Any], port: int | str) -> int:
 def test_container_ports_reach_every_reference() -> None:
     documents = render(CONVENTIONS)
     _, relay = pod(documents, "gptomni-relay")
-    assert [(p["name"], p["containerPort"]) for p in relay["ports"]] == [("http", 9000)]
+    assert [(p["name"], p["containerPort"]) for p in relay["ports"]] == [("http", 9000), ("metrics", 9292)]
     assert {"name": "GPTOMNI_PORT", "value": "9000"} in relay["env"] and "--port" not in relay["args"]
+    assert {"name": "GPTOMNI_METRICS_PORT", "value": "9292"} in relay["env"]
     probes = {_port_number(relay, relay[probe]["httpGet"]["port"]) for probe in ("livenessProbe", "readinessProbe")}
     assert probes == {9000}
     [service_port] = one(documents, "Service", "gptomni-relay")["spec"]["ports"]
     assert _port_number(relay, service_port["targetPort"]) == 9000 and service_port["port"] == 80
-    [admitted] = one(documents, "NetworkPolicy", "gptomni-relay")["spec"]["ingress"][0]["ports"]
-    assert _port_number(relay, admitted["port"]) == 9000
+    admitted = [port["port"] for rule in one(documents, "NetworkPolicy", "gptomni-relay")["spec"]["ingress"]
+                for port in rule["ports"]]
+    assert [_port_number(relay, port) for port in admitted] == [9000, 9292]
 
     _, operator = pod(documents, "gptomni-operator")
     assert {"--metrics-port=9191", "--liveness=http://0.0.0.0:8181/healthz"} <= set(operator["args"])
@@ -272,9 +274,25 @@ def test_operator_rbac_is_least_privilege() -> None:
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
 
 
+def test_metrics_are_scraped_from_the_metrics_ports_never_through_the_api_service() -> None:
+    documents = render(CONVENTIONS)
+    scraped = {}
+    for monitor in by_kind(documents, "ServiceMonitor"):
+        selector = monitor["spec"]["selector"]["matchLabels"].items()
+        services = [s for s in by_kind(documents, "Service") if s["metadata"]["labels"].items() >= selector]
+        [endpoint] = monitor["spec"]["endpoints"]
+        [(service, port)] = [(s, p) for s in services for p in s["spec"]["ports"] if p["name"] == endpoint["port"]]
+        [deployment] = [d for d in by_kind(documents, "Deployment")
+                        if d["spec"]["template"]["metadata"]["labels"].items() >= service["spec"]["selector"].items()]
+        _, container = pod(documents, deployment["metadata"]["name"])
+        scraped[deployment["metadata"]["name"]] = _port_number(container, port["targetPort"])
+    assert scraped == {"gptomni-relay": 9292, "gptomni-operator": 9191}
+    assert [p["name"] for p in one(documents, "Service", "gptomni-relay")["spec"]["ports"]] == ["http"]
+    assert one(documents, "Service", "gptomni-relay-metrics")["spec"]["type"] == "ClusterIP"
+
+
 def test_monitoring_objects() -> None:
     documents = render(VARIANTS["everything"])
-    assert {m["spec"]["endpoints"][0]["port"] for m in by_kind(documents, "ServiceMonitor")} == {"http", "metrics"}
     rule = by_kind(documents, "PrometheusRule")[0]
     chart_rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
     assert rule["spec"] == chart_rules
