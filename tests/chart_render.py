@@ -13,6 +13,17 @@ CHART = ROOT / "charts" / "gptomni"
 KUBE_VERSION = "1.31.0"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML silently keeps the last of two equal keys; strict YAML decoders reject them, and so do we."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = sorted({str(key) for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(None, None, f"repeated keys {repeated}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def render(values: dict[str, Any] | None = None, namespace: str = "llm") -> list[dict[str, Any]]:
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(values or {})
@@ -21,7 +32,7 @@ def render(values: dict[str, Any] | None = None, namespace: str = "llm") -> list
     for path, text in sorted(rendered.items()):
         if not path.endswith(".yaml"):
             continue
-        documents.extend(doc for doc in yaml.safe_load_all(text) if doc)
+        documents.extend(doc for doc in yaml.load_all(text, Loader=_UniqueKeyLoader) if doc)
     return documents
 
 
@@ -40,6 +51,13 @@ def one(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]
     return found
 
 
+def pod(documents: list[dict[str, Any]], deployment: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod spec of a Deployment and its one container."""
+    spec = one(documents, "Deployment", deployment)["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    return spec, container
+
+
 FULL = {
     "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
                 "grafanaDashboard": {"enabled": True}},
@@ -47,6 +65,41 @@ FULL = {
     "relay": {"autoscaling": {"enabled": True}},
     "networkPolicy": {"enabled": True},
     "operator": {"peering": {"enabled": True}, "replicas": 2},
+}
+
+# The chart conventions a maintainer overrides: ports, environment from a Secret, an extra
+# volume, common labels, a renamed pool Secret, the gateway without Envoy's policy.
+CONVENTIONS = {
+    "commonLabels": {"team": "llm", "example.com/cost-center": "cc-42"},
+    "poolSecret": {"name": "team-pool"},
+    "relay": {
+        "containerPorts": {"http": 9000, "metrics": 9292},
+        "env": {"GPTOMNI_LOG_LEVEL": "DEBUG"},
+        "extraEnvVars": [
+            {"name": "HTTPS_PROXY", "valueFrom": {"secretKeyRef": {"name": "proxy", "key": "url"}}},
+            {"name": "GPTOMNI_LOG_LEVEL", "value": "INFO"},
+        ],
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}],
+        "livenessProbe": {"periodSeconds": 30},
+        "startupProbe": None,
+    },
+    "operator": {
+        "containerPorts": {"metrics": 9191, "health": 8181},
+        "extraEnvVars": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}],
+    },
+    "ingress": {"enabled": True, "provider": "gateway", "gateway": {"backendTrafficPolicy": {"enabled": False}}},
+    "networkPolicy": {"enabled": True},
+    "metrics": {"serviceMonitor": {"enabled": True}},
+}
+
+# OpenShift's restricted SCCs assign a UID (and fsGroup) from the namespace's range.
+_NO_FIXED_IDS = {"runAsUser": None, "runAsGroup": None}
+OPENSHIFT = {
+    component: {"podSecurityContext": {**_NO_FIXED_IDS, "fsGroup": None}, "containerSecurityContext": _NO_FIXED_IDS}
+    for component in ("relay", "operator")
 }
 
 # Every provider and toggle: what the lint, validation and checkov tests run over.
@@ -59,4 +112,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "namespaced-operator": {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
     "no-operator-existing-keys": {"operator": {"enabled": False}, "relay": {"apiKeys": {"existingSecret": "my-keys"}}},
     "digest-pinned": {"image": {"digest": "sha256:" + "a" * 64}, "networkPolicy": {"enabled": True}},
+    "conventions": CONVENTIONS,
+    "openshift": OPENSHIFT,
 }

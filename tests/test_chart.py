@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,19 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart_render import CHART, KUBE_VERSION, ROOT, VARIANTS, by_kind, notes, one, render
+from tests.chart_render import (
+    CHART,
+    CONVENTIONS,
+    KUBE_VERSION,
+    OPENSHIFT,
+    ROOT,
+    VARIANTS,
+    by_kind,
+    notes,
+    one,
+    pod,
+    render,
+)
 
 # Kinds that kubernetes-validate has no schema for (CRDs of other projects).
 THIRD_PARTY = {"ServiceMonitor", "PrometheusRule", "HTTPRoute", "BackendTrafficPolicy"}
@@ -46,6 +59,17 @@ def test_every_core_object_validates_strictly(variant: str) -> None:
         ({"image": {"digest": "latest"}}, "digest"),
         ({"relay": {"apiKeys": {"keys": ["short"]}}}, "keys"),
         ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, "watchNamespaces"),
+        ({"relay": {"extraEnvVars": [{"name": "A", "valuefrom": {}}]}}, "valuefrom"),
+        ({"relay": {"extraEnvVars": {"A": "1"}}}, "extraEnvVars"),
+        ({"operator": {"extraVolumeMounts": [{"name": "ca", "mountpath": "/ca"}]}}, "mountpath"),
+        ({"relay": {"containerPorts": {"http": 0}}}, "containerPorts"),
+        ({"operator": {"containerPorts": {"metric": 9090}}}, "metric"),
+        ({"relay": {"livenessProbe": {"periodSecond": 5}}}, "periodSecond"),
+        ({"relay": {"containerSecurityContext": {"runAsUser": "1000"}}}, "runAsUser"),
+        ({"operator": {"podSecurityContext": {"fsgroup": 1000}}}, "fsgroup"),
+        ({"commonLabels": {"app.kubernetes.io/name": "mine"}}, "app.kubernetes.io/name"),
+        ({"commonLabels": {"team": "not a label value"}}, "team"),
+        ({"ingress": {"gateway": {"backendTrafficPolicy": {"enable": False}}}}, "enable"),
     ],
 )
 def test_invalid_values_fail_with_the_schema_error(values: dict[str, Any], message: str) -> None:
@@ -118,6 +142,121 @@ def test_ingress_providers() -> None:
     assert not by_kind(gateway, "Ingress")
 
 
+def _port_number(container: dict[str, Any], port: int | str) -> int:
+    """A port as a number: a named port resolves through the container's ports."""
+    if isinstance(port, int):
+        return port
+    [number] = [p["containerPort"] for p in container["ports"] if p["name"] == port]
+    return number
+
+
+def test_container_ports_reach_every_reference() -> None:
+    documents = render(CONVENTIONS)
+    _, relay = pod(documents, "gptomni-relay")
+    assert [(p["name"], p["containerPort"]) for p in relay["ports"]] == [("http", 9000), ("metrics", 9292)]
+    assert {"name": "GPTOMNI_PORT", "value": "9000"} in relay["env"] and "--port" not in relay["args"]
+    assert {"name": "GPTOMNI_METRICS_PORT", "value": "9292"} in relay["env"]
+    probes = {_port_number(relay, relay[probe]["httpGet"]["port"]) for probe in ("livenessProbe", "readinessProbe")}
+    assert probes == {9000}
+    [service_port] = one(documents, "Service", "gptomni-relay")["spec"]["ports"]
+    assert _port_number(relay, service_port["targetPort"]) == 9000 and service_port["port"] == 80
+    admitted = [port["port"] for rule in one(documents, "NetworkPolicy", "gptomni-relay")["spec"]["ingress"]
+                for port in rule["ports"]]
+    assert [_port_number(relay, port) for port in admitted] == [9000, 9292]
+
+    _, operator = pod(documents, "gptomni-operator")
+    assert {"--metrics-port=9191", "--liveness=http://0.0.0.0:8181/healthz"} <= set(operator["args"])
+    probes = {_port_number(operator, operator[probe]["httpGet"]["port"]) for probe in ("livenessProbe", "readinessProbe")}
+    assert probes == {8181}
+    [metrics_port] = one(documents, "Service", "gptomni-operator-metrics")["spec"]["ports"]
+    assert metrics_port["port"] == 9191 and _port_number(operator, metrics_port["targetPort"]) == 9191
+
+
+@pytest.mark.parametrize("deployment", ["gptomni-relay", "gptomni-operator"])
+def test_extra_env_list_reaches_the_container_after_the_env_map(deployment: str) -> None:
+    _, container = pod(render(CONVENTIONS), deployment)
+    component = "relay" if deployment == "gptomni-relay" else "operator"
+    extra = CONVENTIONS[component]["extraEnvVars"]
+    assert container["env"][-len(extra):] == extra  # valueFrom intact, and last
+    if component == "relay":
+        # relay.env (a map) still renders; the list comes after it, so the list's value wins.
+        assert [e["value"] for e in container["env"] if e["name"] == "GPTOMNI_LOG_LEVEL"] == ["DEBUG", "INFO"]
+
+
+@pytest.mark.parametrize("deployment", ["gptomni-relay", "gptomni-operator"])
+def test_extra_volumes_are_mounted(deployment: str) -> None:
+    spec, container = pod(render(CONVENTIONS), deployment)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["ca"] == {"name": "ca", "configMap": {"name": "corporate-ca"}} and "tmp" in volumes
+    assert {"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True} in container["volumeMounts"]
+    assert {m["name"] for m in container["volumeMounts"]} <= volumes.keys()
+
+
+@pytest.mark.parametrize("deployment", ["gptomni-relay", "gptomni-operator"])
+def test_security_contexts_can_leave_the_ids_to_openshift(deployment: str) -> None:
+    ids = {"runAsUser", "runAsGroup", "fsGroup"}
+    spec, container = pod(render({}), deployment)
+    assert spec["securityContext"]["fsGroup"] == container["securityContext"]["runAsUser"] == 10001
+    spec, container = pod(render(OPENSHIFT), deployment)
+    assert not ids & (spec["securityContext"].keys() | container["securityContext"].keys())
+    # The rest of the restricted profile stays.
+    assert spec["securityContext"]["runAsNonRoot"] and container["securityContext"]["runAsNonRoot"]
+    assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_probes_are_overridable() -> None:
+    _, relay = pod(render(CONVENTIONS), "gptomni-relay")
+    assert "startupProbe" not in relay
+    assert relay["livenessProbe"]["periodSeconds"] == 30 and relay["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    exec_probe = {"httpGet": None, "exec": {"command": ["gptomni-ready"]}}
+    _, operator = pod(render({"operator": {"readinessProbe": exec_probe}}), "gptomni-operator")
+    assert operator["readinessProbe"]["exec"] == {"command": ["gptomni-ready"]}
+    assert "httpGet" not in operator["readinessProbe"]
+
+
+def _selectors(node: Any) -> Iterator[dict[str, str]]:
+    """Every label selector in a manifest: matchLabels, and a Service's plain selector."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "matchLabels" or (key == "selector" and "matchLabels" not in value):
+                yield value
+            yield from _selectors(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _selectors(item)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_common_labels_reach_every_object_but_no_selector(variant: str) -> None:
+    common = CONVENTIONS["commonLabels"]
+    documents = render({**VARIANTS[variant], "commonLabels": common})
+    for document in documents:
+        assert document["metadata"]["labels"].items() >= common.items(), document["metadata"]["name"]
+    for deployment in by_kind(documents, "Deployment"):
+        template = deployment["spec"]["template"]["metadata"]["labels"]
+        assert template.items() >= common.items() | deployment["spec"]["selector"]["matchLabels"].items()
+    selectors = list(_selectors(documents))
+    assert selectors and not any(common.keys() & selector.keys() for selector in selectors)
+
+
+def test_envoy_backend_traffic_policy_has_its_own_flag() -> None:
+    gateway = VARIANTS["gateway"]["ingress"]
+    documents = render({"ingress": {**gateway, "gateway": {"backendTrafficPolicy": {"enabled": False}}}})
+    assert one(documents, "HTTPRoute", "gptomni-relay")["spec"]["rules"][0]["timeouts"]["request"] == "3600s"
+    assert not by_kind(documents, "BackendTrafficPolicy")
+    assert by_kind(render(VARIANTS["gateway"]), "BackendTrafficPolicy")
+
+
+def test_pool_secret_name_reaches_the_relay_and_the_operator() -> None:
+    documents = render({"poolSecret": {"name": "team-pool"}})
+    spec, _ = pod(documents, "gptomni-relay")
+    assert {"name": "pool", "secret": {"secretName": "team-pool", "optional": True}} in spec["volumes"]
+    _, operator = pod(documents, "gptomni-operator")
+    assert {"name": "GPTOMNI_OPERATOR_DEFAULT_TARGET_SECRET", "value": "team-pool"} in operator["env"]
+
+
 def test_operator_rbac_is_least_privilege() -> None:
     clusterwide = render({})
     rules = one(clusterwide, "ClusterRole", "gptomni-operator")["rules"]
@@ -135,9 +274,25 @@ def test_operator_rbac_is_least_privilege() -> None:
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
 
 
+def test_metrics_are_scraped_from_the_metrics_ports_never_through_the_api_service() -> None:
+    documents = render(CONVENTIONS)
+    scraped = {}
+    for monitor in by_kind(documents, "ServiceMonitor"):
+        selector = monitor["spec"]["selector"]["matchLabels"].items()
+        services = [s for s in by_kind(documents, "Service") if s["metadata"]["labels"].items() >= selector]
+        [endpoint] = monitor["spec"]["endpoints"]
+        [(service, port)] = [(s, p) for s in services for p in s["spec"]["ports"] if p["name"] == endpoint["port"]]
+        [deployment] = [d for d in by_kind(documents, "Deployment")
+                        if d["spec"]["template"]["metadata"]["labels"].items() >= service["spec"]["selector"].items()]
+        _, container = pod(documents, deployment["metadata"]["name"])
+        scraped[deployment["metadata"]["name"]] = _port_number(container, port["targetPort"])
+    assert scraped == {"gptomni-relay": 9292, "gptomni-operator": 9191}
+    assert [p["name"] for p in one(documents, "Service", "gptomni-relay")["spec"]["ports"]] == ["http"]
+    assert one(documents, "Service", "gptomni-relay-metrics")["spec"]["type"] == "ClusterIP"
+
+
 def test_monitoring_objects() -> None:
     documents = render(VARIANTS["everything"])
-    assert {m["spec"]["endpoints"][0]["port"] for m in by_kind(documents, "ServiceMonitor")} == {"http", "metrics"}
     rule = by_kind(documents, "PrometheusRule")[0]
     chart_rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
     assert rule["spec"] == chart_rules

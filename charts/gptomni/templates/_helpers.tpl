@@ -25,6 +25,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: gptomni
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "gptomni.relay.selectorLabels" -}}
@@ -63,25 +66,25 @@ app.kubernetes.io/component: operator
 {{- define "gptomni.poolMountPath" -}}/var/run/gptomni/pool{{- end -}}
 {{- define "gptomni.apiKeysMountPath" -}}/var/run/gptomni/api-keys{{- end -}}
 
-{{- define "gptomni.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-capabilities:
-  drop: [ALL]
-seccompProfile:
-  type: RuntimeDefault
+{{- /* A component's (relay's or operator's) extra environment: its env map, then its extraEnvVars list. */ -}}
+{{- define "gptomni.extraEnv" -}}
+{{- range $name, $value := .env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- with .extraEnvVars }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
-{{- define "gptomni.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-fsGroup: 10001
-seccompProfile:
-  type: RuntimeDefault
+{{- /* A component's probes, as its values give them; a probe set to null is left out. */ -}}
+{{- define "gptomni.probes" -}}
+{{- range $probe := list "startupProbe" "livenessProbe" "readinessProbe" }}
+{{- with index $ $probe }}
+{{ $probe }}:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "gptomni.operator.namespacedRules" -}}
