@@ -23,5 +23,7 @@ RUN groupadd --system --gid 10001 gptomni \
 COPY --from=build /opt/gptomni /opt/gptomni
 USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
-CMD ["gptomni-relay", "--host", "0.0.0.0", "--port", "8000"]
+# Follows GPTOMNI_HOST / GPTOMNI_PORT, as the relay does.
+HEALTHCHECK --interval=30s --timeout=5s CMD ["python", "-m", "gptomni_relay.healthcheck"]
+# No --host/--port here: GPTOMNI_HOST and GPTOMNI_PORT (default 0.0.0.0:8000) must win.
+CMD ["gptomni-relay"]

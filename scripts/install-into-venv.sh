@@ -1,7 +1,6 @@
 #!/bin/sh
 # Installs gptomni (relay + operator) into a fresh virtualenv at $1.
-# The Dockerfile's build stage runs exactly this; tests/test_dockerfile.py runs it too,
-# which is how the image's install step is proven on machines without a container engine.
+# The Dockerfile's build stage runs exactly this (tests/test_image_container.py builds it).
 set -eu
 venv="${1:?usage: install-into-venv.sh VENV_DIR [SOURCE_DIR]}"
 source_dir="${2:-.}"

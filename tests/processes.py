@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,6 +33,10 @@ class RelayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
     def output(self) -> str:
         """Everything the process logged so far (a file, not a pipe: a full pipe would stall it)."""
         with open(self.log.name, encoding="utf-8") as handle:
@@ -51,7 +55,8 @@ def wait_ready(url: str, process: subprocess.Popen[str], log_path: str, timeout:
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise TimeoutError("relay did not start")
+    with open(log_path, encoding="utf-8") as handle:
+        raise TimeoutError(f"relay did not answer /healthz on {url} within {timeout} s:\n{handle.read()}")
 
 
 @contextmanager
@@ -69,11 +74,16 @@ def relay_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Rel
         wait_ready(f"http://127.0.0.1:{port}", process, log.name)
         yield RelayProcess(process, port, int(full_env["GPTOMNI_METRICS_PORT"]), log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(process, lambda: process.send_signal(signal.SIGTERM))
         log.close()
+
+
+def end_process(process: subprocess.Popen[str], ask_to_stop: Callable[[], object], timeout: float = 30) -> None:
+    """If `process` still runs: ask it to stop, and kill it if it has not within `timeout`."""
+    if process.poll() is None:
+        ask_to_stop()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

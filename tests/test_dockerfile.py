@@ -1,17 +1,13 @@
-"""The image recipe: linted by hadolint, and its install step run for real in a fresh venv.
+"""The image recipe: linted by hadolint, and its shape pinned.
 
-There is no container engine on these machines, so the build stage's one RUN step
-(scripts/install-into-venv.sh) is executed here exactly as the Dockerfile runs it.
+The image itself is built and run by a real engine in tests/test_image_container.py.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -30,29 +26,9 @@ def test_dockerfile_shape() -> None:
     assert stages == ["FROM python:3.11-slim AS build", "FROM python:3.11-slim"]
     final = text.split("FROM python:3.11-slim\n", 1)[1]
     assert "USER 10001:10001" in final and "PYTHONUNBUFFERED=1" in final
-    assert 'CMD ["gptomni-relay"' in final  # exec form
+    # Exec form, and no --host/--port: GPTOMNI_HOST and GPTOMNI_PORT must decide.
+    assert final.rstrip().endswith('\nCMD ["gptomni-relay"]')
     assert "pip" not in final and "gcc" not in final  # no build tools or caches in the final stage
     assert "org.opencontainers.image.source" in final
     assert "RUN sh scripts/install-into-venv.sh /opt/gptomni /src" in text
 
-
-@pytest.mark.timeout(600)
-def test_the_image_install_step_works_in_a_fresh_venv(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    # The build context as .dockerignore leaves it: only what the COPY lines name.
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    for folder in ("service", "operator", "scripts"):
-        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    venv = tmp_path / "opt-gptomni"
-    subprocess.run(["sh", str(source / "scripts" / "install-into-venv.sh"), str(venv), str(source)],
-                   check=True, timeout=540)
-    for command in ("gptomni-relay", "gptomni-operator"):
-        result = subprocess.run([str(venv / "bin" / command), "--help"], capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0 and "usage:" in result.stdout
-    check = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import gptomni_relay.app, gptomni_operator.handlers, cloudscraper, kopf"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert check.returncode == 0, check.stderr
