@@ -142,6 +142,22 @@ def test_ingress_providers() -> None:
     assert not by_kind(gateway, "Ingress")
 
 
+@pytest.mark.parametrize("variant", ["ingress-nginx-f5", "ingress-community", "gateway"])
+def test_the_public_route_reaches_the_api_and_nothing_else(variant: str) -> None:
+    """Metrics and probe details are never routed from the internet: only /v1 is."""
+    documents = render(VARIANTS[variant])
+    paths = [(path["path"], path["backend"]["service"]) for ingress in by_kind(documents, "Ingress")
+             for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+    paths += [(match["path"]["value"], {"name": ref["name"], "port": {"number": ref["port"]}})
+              for route in by_kind(documents, "HTTPRoute") for rule in route["spec"]["rules"]
+              for match in rule["matches"] for ref in rule["backendRefs"]]
+    assert paths and all(path == "/v1" for path, _ in paths)
+    api_service = one(documents, "Service", "gptomni-relay")
+    for _, backend in paths:
+        assert backend["name"] == api_service["metadata"]["name"]
+        assert [p["name"] for p in api_service["spec"]["ports"]] == ["http"]
+
+
 def _port_number(container: dict[str, Any], port: int | str) -> int:
     """A port as a number: a named port resolves through the container's ports."""
     if isinstance(port, int):
@@ -154,7 +170,7 @@ def test_container_ports_reach_every_reference() -> None:
     documents = render(CONVENTIONS)
     _, relay = pod(documents, "gptomni-relay")
     assert [(p["name"], p["containerPort"]) for p in relay["ports"]] == [("http", 9000), ("metrics", 9292)]
-    assert {"name": "GPTOMNI_PORT", "value": "9000"} in relay["env"] and "--port" not in relay["args"]
+    assert {"name": "GPTOMNI_PORT", "value": "9000"} in relay["env"] and "args" not in relay
     assert {"name": "GPTOMNI_METRICS_PORT", "value": "9292"} in relay["env"]
     probes = {_port_number(relay, relay[probe]["httpGet"]["port"]) for probe in ("livenessProbe", "readinessProbe")}
     assert probes == {9000}
