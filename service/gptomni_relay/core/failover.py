@@ -32,7 +32,7 @@ from gptomni_relay.core.errors import (
     UpstreamFailed,
     UpstreamTimedOut,
 )
-from gptomni_relay.core.pool import CredentialPool, Lease
+from gptomni_relay.core.pool import Pool, PoolLease
 from gptomni_relay.core.usage import TokenMeter
 from gptomni_relay.metrics import RelayMetrics
 
@@ -57,7 +57,7 @@ class UpstreamAnswer:
     """One credential's answer, its first piece in hand. Iterate `pieces()` once, then
     `aclose()`. Keeps no text: `completion` counts the tokens of what went by."""
 
-    def __init__(self, lease: Lease, first_piece: str, rest: AsyncIterator[str], stack: AsyncExitStack,
+    def __init__(self, lease: PoolLease, first_piece: str, rest: AsyncIterator[str], stack: AsyncExitStack,
                  span: Span, metrics: RelayMetrics) -> None:
         self.credential_id = lease.credential.id
         self.first_piece_at = time.monotonic()
@@ -112,7 +112,7 @@ class WholeAnswer:
 class AnswerSource:
     """What every request's failover shares: the pool, GPT-Omni, metrics, tracing, policy."""
 
-    def __init__(self, pool: CredentialPool, upstream: UpstreamClient, metrics: RelayMetrics,
+    def __init__(self, pool: Pool, upstream: UpstreamClient, metrics: RelayMetrics,
                  policy: FailoverPolicy, tracer: trace.Tracer) -> None:
         self.pool = pool
         self.upstream = upstream
@@ -155,7 +155,7 @@ class Failover:
             if isinstance(opened, UpstreamAnswer):
                 return opened
             last_error = opened
-        raise self._final_error(last_error)
+        raise await self._final_error(last_error)
 
     async def whole(self) -> WholeAnswer:
         """The complete answer (for a non-streamed response). Nothing has reached the client
@@ -175,16 +175,16 @@ class Failover:
             except AnswerTooLarge:
                 raise  # another credential would answer the same prompt at the same length
             except UpstreamFailed:
-                if not self._may_try_again():
+                if not await self._may_try_again():
                     raise
             finally:
                 await answer.aclose()
 
-    def _may_try_again(self) -> bool:
+    async def _may_try_again(self) -> bool:
         return (len(self._tried) < self._source.policy.max_attempts
-                and self._source.pool.unavailability(self._tried) is None)
+                and await self._source.pool.unavailability(self._tried) is None)
 
-    async def _attempt(self, lease: Lease, attempt: int) -> UpstreamAnswer | UpstreamError:
+    async def _attempt(self, lease: PoolLease, attempt: int) -> UpstreamAnswer | UpstreamError:
         source = self._source
         credential = lease.credential
         span = source.tracer.start_span(
@@ -218,10 +218,10 @@ class Failover:
         span.set_attribute("gptomni.ttft_ms", round((time.monotonic() - started) * 1000, 1))
         return UpstreamAnswer(lease, first, pieces, stack, span, source.metrics)
 
-    def _final_error(self, last_error: UpstreamError | None) -> RelayError:
+    async def _final_error(self, last_error: UpstreamError | None) -> RelayError:
         # The pool's own state explains the failure better than the last attempt when
         # every credential is now cooling or ejected.
-        unavailable = self._source.pool.unavailability()
+        unavailable = await self._source.pool.unavailability()
         if unavailable is not None and not isinstance(unavailable, (AllBusy, NothingLeftToTry)):
             return unavailable
         if last_error is None:

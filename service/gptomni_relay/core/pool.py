@@ -4,6 +4,10 @@ Selection is least-in-flight per unit of weight among usable credentials, capped
 credential's maxConcurrency. Upstream verdicts change state: 401/403 eject a credential,
 429 and Cloudflare challenges cool it down with exponential backoff (or the upstream's
 Retry-After). Everything here runs on the event loop thread; no locks are needed.
+
+`Pool` is what the rest of the relay uses. `CredentialPool` is the in-process pool (one
+replica, the demo); `shared_pool.SharedCredentialPool` holds the same state for every
+replica in a shared store and keeps a `CredentialPool` as its local book and fallback.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from gptomni_common.upstream.protocol import Outcome
 from gptomni_relay.core.errors import AllBusy, AllCoolingDown, NoCredentials, NothingLeftToTry, PoolUnavailable
@@ -25,6 +30,12 @@ class Credential:
     cookie: str = field(repr=False)
     weight: int = 1
     max_concurrency: int = 8
+
+
+class PoolMode(StrEnum):
+    LOCAL = "local"  # in-process state: one replica, or the demo
+    SHARED = "shared"  # limits and verdicts held for every replica in the shared store
+    FALLBACK = "fallback"  # the shared store is unreachable: this replica keeps to its share
 
 
 class Health(StrEnum):
@@ -41,8 +52,49 @@ class CredentialStatus:
     cooling_for: float
 
 
+class PoolLease(Protocol):
+    """One request's hold on one credential: report what upstream said, release once."""
+
+    credential: Credential
+
+    def report(self, outcome: Outcome, retry_after: float | None = None) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class Pool(Protocol):
+    """What failover, the probes, metrics and the pool-file reload use of a pool."""
+
+    @property
+    def mode(self) -> PoolMode: ...
+
+    @property
+    def store_up(self) -> bool | None:
+        """Whether the shared store answers; None without one."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def acquire(self, exclude: frozenset[str] | set[str] = frozenset(), wait_seconds: float = 0.0) -> PoolLease: ...
+
+    async def unavailability(self, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable | None: ...
+
+    def replace(self, credentials: Iterable[Credential]) -> None: ...
+
+    def reinstate(self, credential_id: str) -> None: ...
+
+    def statuses(self) -> list[CredentialStatus]: ...
+
+    def ejected_credentials(self) -> list[Credential]: ...
+
+    def is_ready(self) -> bool: ...
+
+    def total_in_flight(self) -> int: ...
+
+
 @dataclass
-class _Slot:
+class Slot:
     credential: Credential
     in_flight: int = 0
     ejected: bool = False
@@ -60,11 +112,16 @@ class _Slot:
 class Lease:
     """One request's hold on one credential. Release exactly once (idempotent)."""
 
-    def __init__(self, pool: CredentialPool, slot: _Slot) -> None:
+    def __init__(self, pool: CredentialPool, slot: Slot) -> None:
         self._pool = pool
         self._slot = slot
         self._released = False
         self.credential = slot.credential
+
+    @property
+    def strikes(self) -> int:
+        """Consecutive rate limits of this lease's credential, as this process knows them."""
+        return self._slot.strikes
 
     def report(self, outcome: Outcome, retry_after: float | None = None) -> None:
         self._pool._record(self._slot, outcome, retry_after)
@@ -76,27 +133,46 @@ class Lease:
 
 
 class CredentialPool:
+    """The in-process pool. `limit` caps each credential's in-flight count (default: its
+    maxConcurrency; the shared pool's fallback passes this replica's share)."""
+
     def __init__(
         self,
         cooldown_base_seconds: float = 5.0,
         cooldown_max_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        limit: Callable[[Credential], int] | None = None,
     ) -> None:
         self._cooldown_base = cooldown_base_seconds
         self._cooldown_max = cooldown_max_seconds
         self._clock = clock
-        self._slots: dict[str, _Slot] = {}
+        self._limit = limit or (lambda credential: credential.max_concurrency)
+        self._slots: dict[str, Slot] = {}
         self._rotation = itertools.count()
         self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def mode(self) -> PoolMode:
+        return PoolMode.LOCAL
+
+    @property
+    def store_up(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        """Nothing to start: the in-process pool has no connections or tasks."""
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
 
     # --- configuration -------------------------------------------------------------
 
     def replace(self, credentials: Iterable[Credential]) -> None:
         """Install a new pool. State survives for unchanged ids; a new cookie lifts an ejection."""
-        new_slots: dict[str, _Slot] = {}
+        new_slots: dict[str, Slot] = {}
         for credential in credentials:
             old = self._slots.get(credential.id)
-            slot = _Slot(credential)
+            slot = Slot(credential)
             if old is not None:
                 slot.in_flight = old.in_flight
                 slot.cooling_until = old.cooling_until
@@ -108,7 +184,7 @@ class CredentialPool:
                 slot = old
             new_slots[credential.id] = slot
         self._slots = new_slots
-        self._wake_waiters()
+        self.wake_waiters()
 
     # --- selection -----------------------------------------------------------------
 
@@ -122,39 +198,56 @@ class CredentialPool:
             except AllBusy:
                 if loop.time() >= deadline:
                     raise
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
-                pass
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            await self.wait_for_change(deadline)
+
+    async def wait_for_change(self, deadline: float) -> None:
+        """Until a slot is released or the pool changes, or the loop's clock reaches `deadline`."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     def try_acquire(self, exclude: frozenset[str] | set[str] = frozenset()) -> Lease:
         now = self._clock()
         slots = list(self._slots.values())
         # Start the scan at a rotating offset so that ties spread across credentials.
         start = next(self._rotation) % len(slots) if slots else 0
-        best: _Slot | None = None
+        best: Slot | None = None
         best_load = float("inf")
         for i in range(len(slots)):
             slot = slots[(start + i) % len(slots)]
             if slot.credential.id in exclude or slot.health(now) is not Health.HEALTHY:
                 continue
-            if slot.in_flight >= slot.credential.max_concurrency:
+            if slot.in_flight >= self._limit(slot.credential):
                 continue
             load = slot.in_flight / slot.credential.weight
             if load < best_load:
                 best, best_load = slot, load
         if best is None:
-            raise self.unavailability(exclude) or AllBusy("every credential is at its concurrency limit")
-        best.in_flight += 1
-        return Lease(self, best)
+            raise self.why_unavailable(exclude) or AllBusy("every credential is at its concurrency limit")
+        return self.take(best)
 
-    def unavailability(self, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable | None:
+    def take(self, slot: Slot) -> Lease:
+        """A lease on `slot` whatever its load: the shared pool has already counted it."""
+        slot.in_flight += 1
+        return Lease(self, slot)
+
+    def slots(self) -> list[Slot]:
+        return list(self._slots.values())
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def unavailability(self, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable | None:
+        return self.why_unavailable(exclude)
+
+    def why_unavailable(self, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable | None:
         """Why nothing could be leased (ignoring `exclude`d ids), or None if something could."""
         now = self._clock()
         if not self._slots:
@@ -168,13 +261,13 @@ class CredentialPool:
         healthy = [s for s in untried if s.health(now) is Health.HEALTHY]
         if not healthy:
             return AllCoolingDown(retry_after=max(1.0, min(s.cooling_until - now for s in untried)))
-        if all(s.in_flight >= s.credential.max_concurrency for s in healthy):
+        if all(s.in_flight >= self._limit(s.credential) for s in healthy):
             return AllBusy("every credential is at its concurrency limit")
         return None
 
     # --- verdicts ------------------------------------------------------------------
 
-    def _record(self, slot: _Slot, outcome: Outcome, retry_after: float | None) -> None:
+    def _record(self, slot: Slot, outcome: Outcome, retry_after: float | None) -> None:
         if outcome is Outcome.OK:
             slot.strikes = 0
         elif outcome is Outcome.UNAUTHORIZED:
@@ -187,14 +280,29 @@ class CredentialPool:
             delay = min(retry_after if retry_after is not None else backoff, self._cooldown_max)
             slot.cooling_until = max(slot.cooling_until, self._clock() + delay)
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: Slot) -> None:
         slot.in_flight -= 1
-        self._wake_waiters()
+        self.wake_waiters()
 
-    def _wake_waiters(self) -> None:
+    def wake_waiters(self) -> None:
+        """Every acquire waiting for a slot looks again."""
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def mirror(self, credential_id: str, ejected: bool, cooling_for: float, strikes: int) -> None:
+        """Take on what the shared store says of a credential. A cooldown only ever grows
+        here: a verdict this replica has just reported may not have reached the store yet."""
+        slot = self._slots.get(credential_id)
+        if slot is None:
+            return
+        lifted = slot.ejected and not ejected
+        slot.ejected = ejected
+        slot.strikes = strikes
+        if cooling_for > 0:
+            slot.cooling_until = max(slot.cooling_until, self._clock() + cooling_for)
+        if lifted:
+            self.wake_waiters()
 
     def reinstate(self, credential_id: str) -> None:
         slot = self._slots.get(credential_id)
@@ -202,7 +310,7 @@ class CredentialPool:
             slot.ejected = False
             slot.strikes = 0
             slot.cooling_until = 0.0
-            self._wake_waiters()
+            self.wake_waiters()
 
     # --- views ---------------------------------------------------------------------
 
