@@ -150,7 +150,7 @@ def test_metrics_live_on_their_own_port(relay: Harness) -> None:
     relay.http().post("/v1/chat/completions", json={"model": "gptomni", "messages": []})
     # A request refused before it named a valid model is counted under model="unknown".
     assert 'gptomni_requests_total{model="unknown",status="400",stream="false"} 1.0' in relay.metrics_text()
-    assert httpx.get(relay.metrics_url.replace("/metrics", "/readyz"), timeout=10).json() == {"ready": True}
+    assert httpx.get(relay.metrics_url.replace("/metrics", "/readyz"), timeout=10).json() == {"ready": True, "pool": "local"}
     assert httpx.get(relay.metrics_url.replace("/metrics", "/v1/models"), timeout=10).status_code == 404
 
 

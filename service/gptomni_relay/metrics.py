@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gptomni_relay.core.pool import CredentialStatus, Health
+from gptomni_relay.core.pool import CredentialStatus, Health, PoolMode
 
 # LLM answers: the first token in tens of ms to tens of seconds, whole answers up to minutes.
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
@@ -41,8 +41,30 @@ class _PoolCollector(Collector):
         yield in_flight
 
 
+# --- the pool's mode (docs/shared-pool.md) ------------------------------------------------
+class _PoolModeCollector(Collector):
+    """Which pool the relay runs on and, with a shared store, whether the store answers."""
+
+    def __init__(self, mode: Callable[[], tuple[PoolMode, bool | None]]) -> None:
+        self._mode = mode
+
+    def collect(self) -> Iterable[Metric]:
+        current, store_up = self._mode()
+        mode = GaugeMetricFamily(
+            "gptomni_pool_mode", "1 for the pool mode this relay runs in: local (in-process), shared (cluster-wide "
+            "limits in the shared store), fallback (store out of reach: this replica's share)", labels=["mode"])
+        for candidate in PoolMode:
+            mode.add_metric([candidate.value], 1.0 if current is candidate else 0.0)
+        yield mode
+        if store_up is not None:
+            yield GaugeMetricFamily("gptomni_shared_store_up", "1 while the shared pool's store answers",
+                                    value=1.0 if store_up else 0.0)
+# --- end of the pool's mode ----------------------------------------------------------------
+
+
 class RelayMetrics:
-    def __init__(self, statuses: Callable[[], list[CredentialStatus]]) -> None:
+    def __init__(self, statuses: Callable[[], list[CredentialStatus]],
+                 pool_mode: Callable[[], tuple[PoolMode, bool | None]] = lambda: (PoolMode.LOCAL, None)) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -66,6 +88,7 @@ class RelayMetrics:
         self.prompt_tokens = Counter("gptomni_prompt_tokens", "Estimated prompt tokens", ["model"], registry=r)
         self.completion_tokens = Counter("gptomni_completion_tokens", "Estimated completion tokens", ["model"], registry=r)
         r.register(_PoolCollector(statuses))
+        r.register(_PoolModeCollector(pool_mode))
 
     def observe_request(self, model: str, status: int | str, stream: bool, seconds: float) -> None:
         """One finished chat completion, whichever way it ended."""

@@ -29,6 +29,14 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
+async def readyz_with_mode(request: Request) -> Response:
+    """The metrics port's readiness also says which pool the relay runs on (local, shared,
+    fallback): the cluster's business, not a client's."""
+    relay: RelayState = request.app.state.relay
+    ready = relay.pool.is_ready()
+    return JSONResponse({"ready": ready, "pool": relay.pool.mode.value}, status_code=200 if ready else 503)
+
+
 async def metrics(request: Request) -> Response:
     relay: RelayState = request.app.state.relay
     return Response(generate_latest(relay.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -41,7 +49,11 @@ probe_routes = [
 
 
 def create_metrics_app(relay: RelayState) -> Starlette:
-    app = Starlette(routes=[*probe_routes, Route("/metrics", metrics, methods=PROBE_METHODS)])
+    app = Starlette(routes=[
+        Route("/healthz", healthz, methods=PROBE_METHODS),
+        Route("/readyz", readyz_with_mode, methods=PROBE_METHODS),
+        Route("/metrics", metrics, methods=PROBE_METHODS),
+    ])
     app.router.redirect_slashes = False
     app.state.relay = relay
     return app

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gptomni_common.pool_file import check_cookie_value
@@ -18,6 +18,7 @@ from gptomni_relay.http_guard import HttpLimits
 
 DEMO_API_KEY = "sk-gptomni-demo"
 MAX_API_KEYS_FILE_BYTES = 1024 * 1024
+MAX_PASSWORD_FILE_BYTES = 64 * 1024
 
 
 def parse_api_keys(text: str) -> list[str]:
@@ -78,6 +79,20 @@ class RelaySettings(BaseSettings):
     cooldown_max_seconds: float = Field(300.0, gt=0)
     eject_probe_seconds: float = Field(300.0, ge=0)
 
+    # The shared pool (docs/shared-pool.md): with a Redis URL, every replica keeps to one set
+    # of per-cookie limits and verdicts; without one, the pool lives in the process.
+    redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
+    redis_timeout_seconds: float = Field(0.5, gt=0, le=30)
+    redis_key_prefix: str = Field("gptomni", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # A slot's lease: renewed every sync tick (min(0.5 s, a quarter of this)) while the
+    # request runs, it frees a dead replica's slots within this long.
+    pool_lease_seconds: float = Field(10.0, ge=1, le=600)
+    # Relay replicas expected (the chart sets it): the fallback share when the store is
+    # out of reach divides by the larger of this and the replicas last seen in the store.
+    replicas: int = Field(1, ge=1, le=1000)
+
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     sse_ping_seconds: float = Field(15.0, ge=0)
 
@@ -87,6 +102,13 @@ class RelaySettings(BaseSettings):
     def http_limits(self) -> HttpLimits:
         return HttpLimits(self.max_header_bytes, self.max_header_count,
                           self.header_timeout_seconds, self.body_timeout_seconds)
+
+    def load_redis_password(self) -> str | None:
+        """The shared store's password: from the mounted file (a Secret), else the variable."""
+        if self.redis_password_file is not None:
+            raw = read_bounded(self.redis_password_file, MAX_PASSWORD_FILE_BYTES).decode("utf-8")
+            return raw.strip("\r\n") or None
+        return self.redis_password.get_secret_value() if self.redis_password is not None else None
 
     def load_api_keys(self) -> list[str]:
         """Keys from the environment plus the mounted key file, as at start-up."""

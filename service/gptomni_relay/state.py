@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import socket
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -17,8 +19,10 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamTimeouts
 from gptomni_relay.core.failover import AnswerSource, FailoverPolicy
-from gptomni_relay.core.pool import Credential, CredentialPool
+from gptomni_relay.core.pool import Credential, CredentialPool, Pool
 from gptomni_relay.core.pool_sources import MAX_POOL_FILE_BYTES, credentials_from_env, credentials_from_file
+from gptomni_relay.core.shared_pool import SharedCredentialPool
+from gptomni_relay.core.shared_store import SharedStore, printable_url
 from gptomni_relay.file_watch import FileWatcher
 from gptomni_relay.metrics import RelayMetrics
 from gptomni_relay.settings import DEMO_API_KEY, MAX_API_KEYS_FILE_BYTES, RelaySettings, parse_api_keys
@@ -34,7 +38,7 @@ class ConfigurationError(RuntimeError):
 class RelayState:
     settings: RelaySettings
     api_keys: list[bytes]
-    pool: CredentialPool
+    pool: Pool
     upstream: UpstreamClient
     metrics: RelayMetrics
     tracer_provider: TracerProvider | None
@@ -60,6 +64,7 @@ class RelayState:
         for watcher in self.watchers:
             watcher.check_now()
             self.tasks.append(asyncio.create_task(watcher.run(), name=f"watch {watcher.path}"))
+        await self.pool.start()
         if self.settings.eject_probe_seconds > 0:
             self.tasks.append(asyncio.create_task(self._probe_ejected_forever(), name="ejected-prober"))
 
@@ -70,6 +75,7 @@ class RelayState:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.tasks.clear()
+        await self.pool.stop()
         await self.upstream.aclose()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
@@ -107,9 +113,31 @@ def resolve_api_keys(settings: RelaySettings) -> list[str]:
     return keys
 
 
+def build_pool(settings: RelaySettings) -> Pool:
+    """In-process, or shared by every replica through Redis when GPTOMNI_REDIS_URL is set."""
+    if settings.redis_url is None:
+        return CredentialPool(settings.cooldown_base_seconds, settings.cooldown_max_seconds)
+    try:
+        password = settings.load_redis_password()
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read GPTOMNI_REDIS_PASSWORD_FILE: {exc}") from None
+    store = SharedStore.connect(settings.redis_url, password, settings.redis_timeout_seconds,
+                                settings.redis_key_prefix, settings.pool_lease_seconds)
+    return SharedCredentialPool(
+        store,
+        replica_id=f"{socket.gethostname()}-{secrets.token_hex(3)}",
+        expected_replicas=settings.replicas,
+        lease_seconds=settings.pool_lease_seconds,
+        sync_seconds=min(0.5, settings.pool_lease_seconds / 4),
+        cooldown_base_seconds=settings.cooldown_base_seconds,
+        cooldown_max_seconds=settings.cooldown_max_seconds,
+        store_address=printable_url(settings.redis_url),
+    )
+
+
 def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None) -> RelayState:
     keys = resolve_api_keys(settings)
-    pool = CredentialPool(settings.cooldown_base_seconds, settings.cooldown_max_seconds)
+    pool = build_pool(settings)
     static = credentials_from_env(settings.credentials, settings.default_max_concurrency)
     pool.replace(static)
     upstream = UpstreamClient(
@@ -121,7 +149,7 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None)
         ),
         max_connections=settings.max_upstream_connections,
     )
-    metrics = RelayMetrics(pool.statuses)
+    metrics = RelayMetrics(pool.statuses, pool_mode=lambda: (pool.mode, pool.store_up))
     answers = AnswerSource(
         pool,
         upstream,

@@ -1,0 +1,443 @@
+"""One pool for every relay replica: per-cookie limits and verdicts kept in a shared store.
+
+With `GPTOMNI_REDIS_URL` set, each acquire is one atomic script in Redis
+(shared_store.py) that picks the least-loaded credential by its cluster-wide in-flight
+count and takes a slot there, so across all replicas a cookie never has more than its
+`maxConcurrency` requests in flight. A 429, a challenge or a rejection reported by any
+replica is in the store at once, and every acquire reads it there.
+
+A slot is a lease with an expiry. The replica renews its leases (and its heartbeat) every
+sync tick, so a stream that runs for minutes keeps its slot while a replica that dies
+stops renewing, and its slots come back within the lease time.
+
+The local `CredentialPool` stays the book of this replica's own leases and mirrors the
+store's verdicts (for metrics and readiness). When the store does not answer, it is also
+the fallback: this replica then leases only its share of each cookie,
+`maxConcurrency // replicas`, the remainder going to the first replicas in a rotation
+that differs per cookie, so the shares never add up to more than the limit
+(docs/shared-pool.md). The sync tick keeps trying the store; when it answers, this replica
+puts its live leases and what it learnt meanwhile back into the store, waits one more
+tick (so that the other replicas have done the same) and returns to shared mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import zlib
+from collections.abc import Awaitable, Iterable
+from functools import partial
+
+from gptomni_common.upstream.protocol import Outcome
+from gptomni_relay.core.errors import AllBusy, NoCredentials, PoolUnavailable
+from gptomni_relay.core.pool import (
+    Credential,
+    CredentialPool,
+    CredentialStatus,
+    Lease,
+    PoolMode,
+    Slot,
+)
+from gptomni_relay.core.shared_store import Candidate, SharedStore, StoreUnavailable, Verdict, cookie_fingerprint
+
+log = logging.getLogger(__name__)
+
+# A request waiting for a slot retries this often (jittered) for slots other replicas
+# free; a slot this replica frees wakes it at once.
+WAIT_POLL_SECONDS = 0.05
+# How long the last background writes may take at shutdown.
+STOP_FLUSH_SECONDS = 2.0
+
+
+class SharedLease:
+    """A lease in the shared pool: this replica's local lease plus its member in the store."""
+
+    __slots__ = ("credential", "key", "member", "registered", "_pool", "_local", "_released")
+
+    def __init__(self, pool: SharedCredentialPool, local: Lease, key: str, member: str, registered: bool) -> None:
+        self.credential = local.credential
+        self.key = key
+        self.member = member
+        self.registered = registered  # believed to be in the store
+        self._pool = pool
+        self._local = local
+        self._released = False
+
+    def report(self, outcome: Outcome, retry_after: float | None = None) -> None:
+        had_strikes = self._local.strikes > 0
+        self._local.report(outcome, retry_after)
+        self._pool._report(self.credential, outcome, retry_after, had_strikes)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._local.release()
+            self._pool._forget(self)
+
+
+class SharedCredentialPool:
+    def __init__(self, store: SharedStore, *, replica_id: str, expected_replicas: int, lease_seconds: float,
+                 sync_seconds: float, cooldown_base_seconds: float = 5.0, cooldown_max_seconds: float = 300.0,
+                 store_address: str = "") -> None:
+        self._store = store
+        self._local = CredentialPool(cooldown_base_seconds, cooldown_max_seconds, limit=self._share)
+        self._cooldown_base = cooldown_base_seconds
+        self._cooldown_max = cooldown_max_seconds
+        self._replica = replica_id
+        self._expected_replicas = max(1, expected_replicas)
+        self._lease_seconds = lease_seconds
+        self._sync_seconds = sync_seconds
+        self._address = store_address
+        self._mode = PoolMode.FALLBACK
+        self._store_up = False
+        self._in_outage = False  # logged once per outage
+        self._settle_until: float | None = None  # back in the store: shared mode from this loop time
+        self._replicas: list[str] = []  # live replicas, sorted, as last seen in the store
+        self._rank: int | None = None  # this replica's place among them
+        self._others_excess: dict[str, int] = {}  # credential -> leases other replicas hold beyond their shares
+        self._excess_until = 0.0  # in an outage: until then, that excess counts against this replica's share
+        self._leases: dict[str, SharedLease] = {}  # member -> this replica's live leases
+        self._unreleased: set[tuple[str, str]] = set()  # released while the store was out of reach
+        self._registering = False
+        self._slots: list[Slot] = []
+        self._candidates: list[Candidate] = []
+        self._sequence = itertools.count()
+        self._rotation = itertools.count()
+        self._background: set[asyncio.Task[None]] = set()
+        self._syncer: asyncio.Task[None] | None = None
+
+    # --- what the relay reads ------------------------------------------------------
+
+    @property
+    def mode(self) -> PoolMode:
+        return self._mode
+
+    @property
+    def store_up(self) -> bool:
+        return self._store_up
+
+    @property
+    def replica_id(self) -> str:
+        return self._replica
+
+    def statuses(self) -> list[CredentialStatus]:
+        """Health as the store says (mirrored every tick); in-flight counts of this replica."""
+        return self._local.statuses()
+
+    def ejected_credentials(self) -> list[Credential]:
+        return self._local.ejected_credentials()
+
+    def is_ready(self) -> bool:
+        return self._local.is_ready()
+
+    def total_in_flight(self) -> int:
+        return self._local.total_in_flight()
+
+    def share(self, credential: Credential) -> int:
+        return self._share(credential)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sync_once()
+        if self._store_up and not self._leases:
+            self._enter_shared("shared pool store reachable: cluster-wide limits")
+        self._syncer = asyncio.create_task(self._sync_forever(), name="shared-pool-sync")
+
+    async def stop(self) -> None:
+        if self._syncer is not None:
+            self._syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncer
+            self._syncer = None
+        if self._background:
+            await asyncio.wait(self._background, timeout=STOP_FLUSH_SECONDS)
+        if self._store_up:
+            leftovers = {(lease.key, lease.member) for lease in self._leases.values() if lease.registered}
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.release(leftovers | self._unreleased)
+                await self._store.leave(self._replica)
+        await self._store.aclose()
+
+    # --- configuration -------------------------------------------------------------
+
+    def replace(self, credentials: Iterable[Credential]) -> None:
+        self._local.replace(credentials)
+        self._slots = self._local.slots()
+        self._candidates = [
+            Candidate(s.credential.id, s.credential.max_concurrency, s.credential.weight,
+                      cookie_fingerprint(s.credential.cookie))
+            for s in self._slots
+        ]
+
+    def reinstate(self, credential_id: str) -> None:
+        self._local.reinstate(credential_id)
+        if self._store_up:
+            self._spawn(self._store.reinstate(credential_id))
+
+    # --- selection -----------------------------------------------------------------
+
+    async def acquire(self, exclude: frozenset[str] | set[str] = frozenset(), wait_seconds: float = 0.0) -> SharedLease:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while True:
+            shared = self._store_up
+            try:
+                if self._mode is PoolMode.SHARED:
+                    return await self._acquire_shared(exclude)
+                if self._store_up:  # settling: in the store, and within this replica's share
+                    return await self._acquire_shared(exclude, self._at_share())
+                return self._adopt(self._local.try_acquire(exclude))
+            except StoreUnavailable:
+                continue  # now in fallback: try again there at once
+            except AllBusy:
+                if loop.time() >= deadline:
+                    raise
+            wake_at = deadline
+            if shared:
+                wake_at = min(deadline, loop.time() + WAIT_POLL_SECONDS * (0.5 + random.random()))
+            elif self._local.now() < self._excess_until:  # the share grows then
+                wake_at = min(deadline, loop.time() + self._excess_until - self._local.now())
+            await self._local.wait_for_change(wake_at)
+
+    async def _acquire_shared(self, exclude: frozenset[str] | set[str], at_share: frozenset[str] = frozenset()) -> SharedLease:
+        slots, candidates = self._slots, self._candidates
+        if not slots:
+            raise NoCredentials("no credentials are configured")
+        member = f"{self._replica}:{next(self._sequence)}"
+        start = next(self._rotation) % len(slots)
+        # The script runs to its end even if this request is cancelled meanwhile (a
+        # hang-up): then the slot it took is given back as soon as the answer comes.
+        call = asyncio.ensure_future(self._store.acquire(candidates, exclude | at_share, member, start))
+        try:
+            picked = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(partial(self._abandoned, candidates, member))
+            raise
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            raise
+        if isinstance(picked, PoolUnavailable):
+            if at_share and not isinstance(picked, NoCredentials):
+                raise AllBusy("every credential is at this replica's share of its concurrency limit")
+            raise picked
+        return self._adopt(self._local.take(slots[picked]), member, registered=True)
+
+    def _adopt(self, local: Lease, member: str | None = None, registered: bool = False) -> SharedLease:
+        """Wraps a local lease: taken in the store (`registered`) or, in fallback mode, not."""
+        member = member or f"{self._replica}:{next(self._sequence)}"
+        lease = SharedLease(self, local, self._store.lease_key(local.credential.id), member, registered)
+        self._leases[member] = lease
+        return lease
+
+    def _at_share(self) -> frozenset[str]:
+        return frozenset(s.credential.id for s in self._slots if s.in_flight >= self._share(s.credential))
+
+    def _abandoned(self, candidates: list[Candidate], member: str, call: asyncio.Future[int | PoolUnavailable]) -> None:
+        if call.cancelled() or call.exception() is not None:
+            return
+        picked = call.result()
+        if isinstance(picked, int):
+            self._spawn(self._release_in_store({(self._store.lease_key(candidates[picked].id), member)}))
+
+    async def unavailability(self, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable | None:
+        if self._mode is PoolMode.SHARED and self._slots:
+            try:
+                found = await self._store.acquire(self._candidates, exclude, "", 0, dry=True)
+            except StoreUnavailable as exc:
+                self._store_failed(exc)
+            else:
+                return found if isinstance(found, PoolUnavailable) else None
+        return self._local.why_unavailable(exclude)
+
+    # --- what the leases tell the store --------------------------------------------
+
+    def _report(self, credential: Credential, outcome: Outcome, retry_after: float | None, had_strikes: bool) -> None:
+        if not self._store_up:
+            return  # learnt locally; put into the store when it answers again
+        if outcome is Outcome.OK:
+            if had_strikes:
+                self._spawn(self._store.clear_strikes(credential.id))
+        elif outcome is Outcome.UNAUTHORIZED:
+            self._spawn(self._store.eject(credential.id, cookie_fingerprint(credential.cookie)))
+        elif outcome in (Outcome.RATE_LIMITED, Outcome.CHALLENGE):
+            self._spawn(self._store.cool_down(credential.id, self._cooldown_base, self._cooldown_max, retry_after))
+
+    def _forget(self, lease: SharedLease) -> None:
+        self._leases.pop(lease.member, None)
+        if not lease.registered:
+            return
+        if self._registering or not self._store_up:
+            self._unreleased.add((lease.key, lease.member))
+            return
+        self._spawn(self._release_in_store({(lease.key, lease.member)}))
+
+    async def _release_in_store(self, leases: set[tuple[str, str]]) -> None:
+        try:
+            await self._store.release(leases)
+        except StoreUnavailable:
+            self._unreleased |= leases
+            raise
+        # A waiter woken by the local release may have asked the store just before this.
+        self._local.wake_waiters()
+
+    def _spawn(self, call: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(self._guarded(call))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _guarded(self, call: Awaitable[object]) -> None:
+        try:
+            await call
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+        except Exception:
+            log.exception("shared pool: a write to the store failed")
+
+    # --- the sync tick ---------------------------------------------------------------
+
+    async def _sync_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            next_tick = loop.time() + self._sync_seconds
+            try:
+                await self.sync_once()
+            except Exception:
+                log.exception("shared pool: sync tick failed")
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+
+    async def sync_once(self) -> None:
+        """Heartbeat, lease renewal and the store's verdicts; after an outage, rejoining."""
+        leases = [(lease.key, lease.member) for lease in self._leases.values() if lease.registered]
+        credentials = [(c.id, c.fingerprint) for c in self._candidates]
+        try:
+            snapshot = await self._store.sync(self._replica, leases, credentials)
+            self._replicas = sorted(snapshot.replicas)
+            self._rank = self._replicas.index(self._replica) if self._replica in self._replicas else None
+            if not self._store_up or (self._mode is PoolMode.SHARED and not snapshot.heartbeat_was_alive):
+                await self._rejoin()
+                return  # the snapshot predates what was just put back
+            for credential_id, verdict in snapshot.verdicts.items():
+                self._local.mirror(credential_id, verdict.ejected, verdict.cooling_for, verdict.strikes)
+            self._others_excess = self._excess_of_others(snapshot.verdicts)
+            if self._mode is PoolMode.FALLBACK and self._settle_until is not None:
+                await self._finish_settling()
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+
+    async def _rejoin(self) -> None:
+        """Puts this replica's live leases and the verdicts it learnt while away into the
+        store (whether the store lost them or not), then settles for one tick in fallback."""
+        loop = asyncio.get_running_loop()
+        if self._mode is PoolMode.SHARED:
+            log.warning("shared pool: this replica's heartbeat had expired in the store (store restarted, or "
+                        "this process stalled); re-registering its leases", extra={"store": self._address})
+            self._mode = PoolMode.FALLBACK
+        for lease in self._leases.values():
+            lease.registered = False
+        now = self._local.now()
+        cooling = [(s.credential.id, s.cooling_until - now) for s in self._local.slots() if s.cooling_until > now]
+        ejected = [(s.credential.id, cookie_fingerprint(s.credential.cookie)) for s in self._local.slots() if s.ejected]
+        registered = await self._register_pending(cooling, ejected)
+        self._store_up = True
+        self._settle_until = loop.time() + self._sync_seconds * 1.5
+        if self._in_outage:
+            self._in_outage = False
+            log.info("shared pool store reachable again: leases re-registered; cluster-wide limits after one "
+                     "more tick", extra={"store": self._address, "leases": registered, "replicas": len(self._replicas)})
+
+    async def _finish_settling(self) -> None:
+        if asyncio.get_running_loop().time() < self._settle_until:  # type: ignore[operator]
+            return
+        await self._register_pending()
+        # Leases taken in fallback during that await are not in the store yet: next tick.
+        if all(lease.registered for lease in self._leases.values()):
+            self._enter_shared("shared pool store answers again: back to cluster-wide limits")
+
+    async def _register_pending(self, cooling: list[tuple[str, float]] | None = None,
+                                ejected: list[tuple[str, str]] | None = None) -> int:
+        pending = [lease for lease in self._leases.values() if not lease.registered]
+        if pending or cooling or ejected:
+            self._registering = True  # a release meanwhile waits in _unreleased
+            try:
+                await self._store.register([(lease.key, lease.member) for lease in pending], cooling or [],
+                                           ejected or [])
+            finally:
+                self._registering = False
+            for lease in pending:
+                lease.registered = True
+        stale, self._unreleased = self._unreleased, set()
+        if stale:
+            try:
+                await self._store.release(stale)
+            except StoreUnavailable:
+                self._unreleased |= stale
+                raise
+        return len(pending)
+
+    def _enter_shared(self, message: str) -> None:
+        self._mode = PoolMode.SHARED
+        self._settle_until = None
+        log.info(message, extra={"store": self._address, "replica": self._replica, "replicas": len(self._replicas)})
+        self._local.wake_waiters()
+
+    def _store_failed(self, exc: StoreUnavailable) -> None:
+        self._store_up = False
+        self._mode = PoolMode.FALLBACK
+        self._settle_until = None
+        if not self._in_outage:
+            self._in_outage = True
+            self._excess_until = self._local.now() + self._lease_seconds
+            # Connections to a store that went away are dead or stale: start afresh.
+            self._spawn(self._store.drop_connections())
+            log.warning(
+                "shared pool store unreachable: this replica serves within its share of each credential until "
+                "the store answers again",
+                extra={"store": self._address, "error": str(exc), "replicas_assumed": self._replica_count(),
+                       "shares": {s.credential.id: self._share(s.credential) for s in self._slots}},
+            )
+
+    # --- fallback shares ---------------------------------------------------------------
+
+    def _replica_count(self) -> int:
+        return max(self._expected_replicas, len(self._replicas))
+
+    def _share_of_rank(self, credential: Credential, rank: int | None) -> int:
+        """A replica's share of a credential: the floor of maxConcurrency / replicas, plus
+        one of the remainder's slots if the replica's rank (among those last seen in the
+        store) is one that the rotation, which starts at a different rank for each
+        credential, gives them to. The shares add up to maxConcurrency at most."""
+        replicas = self._replica_count()
+        share, remainder = divmod(credential.max_concurrency, replicas)
+        if remainder and rank is not None:
+            offset = zlib.crc32(credential.id.encode("utf-8")) % replicas
+            if (rank - offset) % replicas < remainder:
+                share += 1
+        return share
+
+    def _share(self, credential: Credential) -> int:
+        """This replica's limit while the store is out of reach: its share, less what the
+        other replicas held beyond theirs when it last looked. Requests they took in shared
+        mode run on after the store goes away; like a lease nobody renews, that excess
+        counts for one lease time from the start of the outage (docs/shared-pool.md)."""
+        share = self._share_of_rank(credential, self._rank)
+        if self._store_up or self._local.now() < self._excess_until:
+            share -= self._others_excess.get(credential.id, 0)
+        return max(0, share)
+
+    def _excess_of_others(self, verdicts: dict[str, Verdict]) -> dict[str, int]:
+        ranks = {replica: rank for rank, replica in enumerate(self._replicas)}
+        excess: dict[str, int] = {}
+        for slot in self._slots:
+            held = verdicts.get(slot.credential.id)
+            if held is None:
+                continue
+            # A replica no longer alive in the store has no share: all it holds is excess.
+            over = sum(max(0, leases - (self._share_of_rank(slot.credential, ranks[replica]) if replica in ranks else 0))
+                       for replica, leases in held.held_by_others.items())
+            if over:
+                excess[slot.credential.id] = over
+        return excess
