@@ -14,7 +14,7 @@ import random
 import re
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -90,6 +90,10 @@ class SimulatorState:
     faults: list[tuple[float, Behaviour]] = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     active: int = 0
+    # Per session: answers streaming now, and the most ever at once (what a per-cookie
+    # concurrency limit must bound, whichever relay replica sent them).
+    active_by_session: Counter[str] = field(default_factory=Counter)
+    peak_by_session: Counter[str] = field(default_factory=Counter)
     completed: int = 0
     unfinished: int = 0
     landing_hits: int = 0
@@ -171,10 +175,13 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
             encoding = {"content-encoding": behaviour.content_encoding} if behaviour.content_encoding else {}
             return Response(behaviour.raw_body, headers={"content-type": behaviour.content_type, **encoding})
         answer = behaviour.answer if behaviour.answer is not None else default_answer(prompt, behaviour.answer_words)
-        return StreamingResponse(_stream(answer, behaviour, arrived), headers={"content-type": behaviour.content_type})
+        return StreamingResponse(_stream(answer, behaviour, arrived, session),
+                                 headers={"content-type": behaviour.content_type})
 
-    async def _stream(answer: str, behaviour: Behaviour, arrived: float) -> AsyncIterator[bytes]:
+    async def _stream(answer: str, behaviour: Behaviour, arrived: float, session: str) -> AsyncIterator[bytes]:
         state.active += 1
+        state.active_by_session[session] += 1
+        state.peak_by_session[session] = max(state.peak_by_session[session], state.active_by_session[session])
         finished = False
         try:
             if behaviour.first_byte_delay:
@@ -189,6 +196,7 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
             finished = True
         finally:
             state.active -= 1
+            state.active_by_session[session] -= 1
             if finished:
                 state.completed += 1
             else:
