@@ -114,4 +114,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "digest-pinned": {"image": {"digest": "sha256:" + "a" * 64}, "networkPolicy": {"enabled": True}},
     "conventions": CONVENTIONS,
     "openshift": OPENSHIFT,
+    "shared-pool-bundled-redis": {"relay": {"sharedPool": {"enabled": True, "bundledRedis": {"enabled": True},
+                                                           "passwordSecret": {"name": "redis-auth"}}},
+                                  "networkPolicy": {"enabled": True}},
 }

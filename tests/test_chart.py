@@ -362,3 +362,38 @@ def test_k8s_examples_validate() -> None:
             if document["kind"] == "GPTOmniCredential":
                 continue  # checked against the CRD schema in test_crd.py
             kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
+
+
+def relay_env(values: dict[str, Any]) -> dict[str, Any]:
+    [container] = one(render(values), "Deployment", "gptomni-relay")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_shared_pool_settings_reach_the_relay() -> None:
+    assert "GPTOMNI_REDIS_URL" not in relay_env({})  # off by default: the in-process pool
+    existing = relay_env({"relay": {"replicas": 3, "sharedPool": {
+        "enabled": True, "redisUrl": "redis://redis.cache.svc:6379/2", "passwordSecret": {"name": "cache-auth"}}}})
+    assert existing["GPTOMNI_REDIS_URL"] == "redis://redis.cache.svc:6379/2"
+    assert existing["GPTOMNI_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "cache-auth", "key": "redis-password"}}
+    assert existing["GPTOMNI_REPLICAS"] == "3" and existing["GPTOMNI_POOL_LEASE_SECONDS"] == "10"
+    scaled = relay_env({"relay": {"autoscaling": {"enabled": True, "maxReplicas": 7},
+                                  "sharedPool": {"enabled": True, "redisUrl": "redis://r:6379/0"}}})
+    assert scaled["GPTOMNI_REPLICAS"] == "7"  # the fallback share divides by the most replicas there can be
+    assert "GPTOMNI_REDIS_PASSWORD" not in scaled
+    with pytest.raises(helm.HelmError):
+        render({"relay": {"sharedPool": {"enabled": True}}})  # neither a URL nor the bundled Redis
+    with pytest.raises(helm.HelmError):
+        render({"relay": {"sharedPool": {"enabled": True, "redisUrl": "http://not-redis"}}})
+
+
+def test_bundled_redis_is_private_to_the_relay() -> None:
+    documents = render(VARIANTS["shared-pool-bundled-redis"])
+    env = relay_env(VARIANTS["shared-pool-bundled-redis"])
+    service = one(documents, "Service", "gptomni-redis")
+    assert env["GPTOMNI_REDIS_URL"] == f"redis://{service['metadata']['name']}.llm.svc:6379/0"
+    [container] = one(documents, "Deployment", "gptomni-redis")["spec"]["template"]["spec"]["containers"]
+    assert container["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert container["securityContext"]["readOnlyRootFilesystem"]
+    policy = one(documents, "NetworkPolicy", "gptomni-redis")
+    assert policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "relay"
+    assert not [d for d in render({}) if "redis" in d["metadata"]["name"]]
