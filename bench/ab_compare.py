@@ -45,9 +45,31 @@ def service_path(revision: str) -> Iterator[str]:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)], check=False)
 
 
-def one_round(service: str, streams: int, profile: str, seconds: float) -> dict[str, float]:
+def one_round(relay_env: dict[str, str], streams: int, profile: str, seconds: float) -> dict[str, float]:
     return bench.overhead_levels(*bench.PROFILES[profile], [streams], seconds,
-                                 relay_extra_env={"PYTHONPATH": service})["sustained"][streams]
+                                 relay_extra_env=relay_env)["sustained"][streams]
+
+
+def alternate(sides: dict[str, dict[str, str]], streams: int, profile: str, rounds: int,
+              seconds: float) -> dict[str, list[dict[str, float]]]:
+    """Runs each side's relay (its extra environment) in turns, `rounds` times; prints each round."""
+    results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    for round_number in range(rounds):
+        for side, relay_env in sides.items():
+            row = one_round(relay_env, streams, profile, seconds)
+            results[side].append(row)
+            print(f"round {round_number + 1} {side:>12}: "
+                  + "  ".join(f"{column.removesuffix('_ms')} {row[column]:7.2f}" for column in COLUMNS)
+                  + f"  errors {row['errors']}", flush=True)
+    return results
+
+
+def print_medians(results: dict[str, list[dict[str, float]]], streams: int, profile: str) -> None:
+    rounds = len(next(iter(results.values())))
+    print(f"\nmedians over {rounds} rounds, {streams} streams, profile {profile} (ms)")
+    print(f"{'side':>12} " + " ".join(f"{column.removesuffix('_ms'):>26}" for column in COLUMNS))
+    for side, rows in results.items():
+        print(f"{side:>12} " + " ".join(f"{statistics.median(r[c] for r in rows):>26.2f}" for c in COLUMNS))
 
 
 def main() -> None:
@@ -60,20 +82,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="load per round and side")
     args = parser.parse_args()
     bench.tune_gc_for_serving()
-    results: dict[str, list[dict[str, float]]] = {args.a: [], args.b: []}
     with ExitStack() as stack:
-        services = {revision: stack.enter_context(service_path(revision)) for revision in results}
-        for round_number in range(args.rounds):
-            for revision in results:
-                row = one_round(services[revision], args.streams, args.profile, args.seconds)
-                results[revision].append(row)
-                print(f"round {round_number + 1} {revision:>12}: "
-                      + "  ".join(f"{column.removesuffix('_ms')} {row[column]:7.2f}" for column in COLUMNS)
-                      + f"  errors {row['errors']}", flush=True)
-    print(f"\nmedians over {args.rounds} rounds, {args.streams} streams, profile {args.profile} (ms)")
-    print(f"{'revision':>12} " + " ".join(f"{column.removesuffix('_ms'):>26}" for column in COLUMNS))
-    for revision, rows in results.items():
-        print(f"{revision:>12} " + " ".join(f"{statistics.median(r[c] for r in rows):>26.2f}" for c in COLUMNS))
+        sides = {revision: {"PYTHONPATH": stack.enter_context(service_path(revision))} for revision in (args.a, args.b)}
+        results = alternate(sides, args.streams, args.profile, args.rounds, args.seconds)
+    print_medians(results, args.streams, args.profile)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_ab_compare_runs_a_relay_from_another_revision() -> None:
         pytest.skip("not a git checkout")
     with ab.service_path("HEAD") as service:
         assert (Path(service) / "gptomni_relay" / "app.py").is_file() and Path(service) != ab.ROOT / "service"
-        row = ab.one_round(service, streams=3, profile="fast", seconds=1.0)
+        row = ab.one_round({"PYTHONPATH": service}, streams=3, profile="fast", seconds=1.0)
     assert row["errors"] == 0 and row["samples"] > 0
     assert not Path(service).exists()  # the temporary worktree is gone
 

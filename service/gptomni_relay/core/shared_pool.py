@@ -104,6 +104,7 @@ class SharedCredentialPool:
         self._registering = False
         self._slots: list[Slot] = []
         self._candidates: list[Candidate] = []
+        self._prepared = store.prepare([])
         self._sequence = itertools.count()
         self._rotation = itertools.count()
         self._background: set[asyncio.Task[None]] = set()
@@ -153,14 +154,18 @@ class SharedCredentialPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._syncer
             self._syncer = None
-        if self._background:
-            await asyncio.wait(self._background, timeout=STOP_FLUSH_SECONDS)
+        await self.flush(STOP_FLUSH_SECONDS)
         if self._store_up:
             leftovers = {(lease.key, lease.member) for lease in self._leases.values() if lease.registered}
             with contextlib.suppress(StoreUnavailable):
                 await self._store.release(leftovers | self._unreleased)
                 await self._store.leave(self._replica)
         await self._store.aclose()
+
+    async def flush(self, timeout: float) -> None:
+        """Waits (at most `timeout`) for the writes released leases and verdicts started."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout)
 
     # --- configuration -------------------------------------------------------------
 
@@ -172,6 +177,7 @@ class SharedCredentialPool:
                       cookie_fingerprint(s.credential.cookie))
             for s in self._slots
         ]
+        self._prepared = self._store.prepare(self._candidates)
 
     def reinstate(self, credential_id: str) -> None:
         self._local.reinstate(credential_id)
@@ -204,14 +210,15 @@ class SharedCredentialPool:
             await self._local.wait_for_change(wake_at)
 
     async def _acquire_shared(self, exclude: frozenset[str] | set[str], at_share: frozenset[str] = frozenset()) -> SharedLease:
-        slots, candidates = self._slots, self._candidates
+        slots, candidates, prepared = self._slots, self._candidates, self._prepared
         if not slots:
             raise NoCredentials("no credentials are configured")
         member = f"{self._replica}:{next(self._sequence)}"
         start = next(self._rotation) % len(slots)
         # The script runs to its end even if this request is cancelled meanwhile (a
         # hang-up): then the slot it took is given back as soon as the answer comes.
-        call = asyncio.ensure_future(self._store.acquire(candidates, exclude | at_share, member, start))
+        call = asyncio.ensure_future(self._store.acquire(prepared, exclude | at_share if at_share else exclude,
+                                                         member, start))
         try:
             picked = await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -246,7 +253,7 @@ class SharedCredentialPool:
     async def unavailability(self, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable | None:
         if self._mode is PoolMode.SHARED and self._slots:
             try:
-                found = await self._store.acquire(self._candidates, exclude, "", 0, dry=True)
+                found = await self._store.acquire(self._prepared, exclude, "", 0, dry=True)
             except StoreUnavailable as exc:
                 self._store_failed(exc)
             else:

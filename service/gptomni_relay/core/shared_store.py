@@ -41,9 +41,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS: per credential (leases, cooling, ejected). ARGV: lease_ms, member, start (0-based
-# rotation), dry ("1": only say whether a slot is free), then per credential max, weight,
-# fingerprint, excluded ("1"). Returns {index (1-based)} or {0, usable, untried, healthy,
-# soonest cooldown end in ms}.
+# rotation), dry ("1": only say whether a slot is free), excluded (",2,5,": 0-based indexes),
+# then per credential max, weight, fingerprint. Returns {index (1-based)} or {0, usable,
+# untried, healthy, soonest cooldown end in ms}.
 ACQUIRE = _NOW + """
 local lease_ms = tonumber(ARGV[1])
 local n = #KEYS / 3
@@ -52,10 +52,10 @@ local usable, untried, healthy, soonest = 0, 0, 0, -1
 local best, best_load = -1, 0
 for step = 0, n - 1 do
   local i = (start + step) % n
-  local k, a = i * 3, 4 + i * 4
+  local k, a = i * 3, 5 + i * 3
   if redis.call('GET', KEYS[k + 3]) ~= ARGV[a + 3] then
     usable = usable + 1
-    if ARGV[a + 4] ~= '1' then
+    if not string.find(ARGV[5], ',' .. i .. ',', 1, true) then
       untried = untried + 1
       local cooling = redis.call('PTTL', KEYS[k + 2])
       if cooling > 0 then
@@ -184,6 +184,22 @@ class Candidate:
     fingerprint: str
 
 
+class Prepared:
+    """A pool's candidates as the acquire script takes them, encoded once per pool reload."""
+
+    __slots__ = ("candidates", "index", "keys", "args")
+
+    def __init__(self, store: SharedStore, candidates: Sequence[Candidate]) -> None:
+        self.candidates = list(candidates)
+        self.index = {candidate.id: i for i, candidate in enumerate(self.candidates)}
+        self.keys: list[bytes] = []
+        self.args: list[bytes] = []
+        for c in self.candidates:
+            self.keys += (store.lease_key(c.id).encode(), store._key("cooling", c.id).encode(),
+                          store._key("ejected", c.id).encode())
+            self.args += (str(c.max_concurrency).encode(), str(c.weight).encode(), c.fingerprint.encode())
+
+
 @dataclass(frozen=True)
 class Verdict:
     ejected: bool
@@ -253,17 +269,18 @@ class SharedStore:
 
     # --- leases --------------------------------------------------------------------
 
-    async def acquire(self, candidates: Sequence[Candidate], excluded: frozenset[str] | set[str], member: str,
+    def prepare(self, candidates: Sequence[Candidate]) -> Prepared:
+        return Prepared(self, candidates)
+
+    async def acquire(self, prepared: Prepared, excluded: frozenset[str] | set[str], member: str,
                       start: int, dry: bool = False) -> int | PoolUnavailable:
         """Takes a slot for `member` on the least-loaded usable candidate and returns its
         index, or says why none could be taken. `dry`: take nothing, only say."""
-        keys: list[str] = []
-        args: list[str | int] = [self._lease_ms, member, start, "1" if dry else "0"]
-        for candidate in candidates:
-            keys += (self.lease_key(candidate.id), self._key("cooling", candidate.id), self._key("ejected", candidate.id))
-            args += (candidate.max_concurrency, candidate.weight, candidate.fingerprint,
-                     "1" if candidate.id in excluded else "0")
-        result = await self._run(self._acquire(keys, args))
+        skip = ","
+        if excluded:
+            skip += "".join(f"{prepared.index[cid]}," for cid in excluded if cid in prepared.index)
+        args = [self._lease_ms, member, start, b"1" if dry else b"0", skip, *prepared.args]
+        result = await self._run(self._acquire(prepared.keys, args))
         if result[0]:
             return int(result[0]) - 1
         return refusal(*(int(n) for n in result[1:]))
