@@ -4,6 +4,7 @@ against benchmarks that silently rot)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import math
 import os
@@ -74,3 +75,19 @@ def test_overhead_with_the_relay_on_its_own_core() -> None:
     row = bench.overhead_levels(0.0, 0.01, 5, levels=[3], seconds=1.0, relay_own_core=True)["sustained"][3]
     assert row["errors"] == 0 and row["samples"] > 0
     assert os.sched_getaffinity(0) == before  # the load generator is unpinned again
+
+
+def test_shared_pool_cost_measures_both_pools(tmp_path: Path) -> None:
+    from tests.redis_server import RedisServer
+
+    cost = load_bench("shared_pool_cost")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        rows = {(mode, 2): asyncio.run(cost.measure(url, 2, pairs=50, seconds=0.5))
+                for mode, url in (("local", None), ("redis", server.url))}
+    finally:
+        server.stop()
+    assert rows[("redis", 2)]["pairs"] > 0 and rows[("redis", 2)]["redis_cpu"] >= 0
+    assert rows[("local", 2)]["c_pairs_per_s"] > 0
+    cost.print_table(rows)
