@@ -37,6 +37,12 @@ class RelayProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}"
 
+    def peak_memory_mb(self) -> float:
+        """The relay process's own peak resident memory (VmHWM), in MB."""
+        with open(f"/proc/{self.process.pid}/status", encoding="ascii") as status:
+            line = next(line for line in status if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
     def output(self) -> str:
         """Everything the process logged so far (a file, not a pipe: a full pipe would stall it)."""
         with open(self.log.name, encoding="utf-8") as handle:

@@ -4,7 +4,6 @@ within its limits, and holds no more memory than the limits allow."""
 
 from __future__ import annotations
 
-import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -12,7 +11,9 @@ from contextlib import contextmanager
 
 import pytest
 
+from gptomni_relay.settings import DEMO_API_KEY
 from tests.harness import Harness
+from tests.processes import RelayProcess, relay_process
 
 REQUEST_LINE = b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\n"
 
@@ -120,14 +121,68 @@ def test_keep_alive_still_serves_request_after_request(relay: Harness) -> None:
             assert status_of(reply) == 200
 
 
+@pytest.mark.parametrize("size", [40 * 1024, 100 * 1024])
+def test_a_big_header_in_one_write_gets_431(relay: Harness, size: int) -> None:
+    with connection(relay) as sock:
+        send_quietly(sock, b"GET /healthz HTTP/1.1\r\nHost: relay\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+        assert status_of(read_reply(sock)) == 431
+
+
+def test_a_long_url_gets_431(relay: Harness) -> None:
+    with connection(relay) as sock:
+        send_quietly(sock, b"GET /healthz?" + b"q" * 40_000 + b" HTTP/1.1\r\nHost: relay\r\n\r\n")
+        assert status_of(read_reply(sock)) == 431
+
+
+def test_a_partial_request_behind_a_whole_one_is_timed_too(make_relay) -> None:  # noqa: ANN001
+    relay: Harness = make_relay(header_timeout_seconds=1.0, keep_alive_timeout_seconds=30)
+    with connection(relay, timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\nGET /healthz HTTP/1.1\r\nX-Slow: ")
+        reply = read_reply(sock)
+    assert reply.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in reply
+    assert time.monotonic() - started < 5  # not the 30 s keep-alive
+
+
+def test_no_stray_status_line_after_an_answer_sent_before_the_body(make_relay) -> None:  # noqa: ANN001
+    relay: Harness = make_relay(body_timeout_seconds=1.0)
+    with connection(relay, timeout=5) as sock:
+        # A wrong key is answered (401) without reading the announced body, which never comes.
+        sock.sendall(REQUEST_LINE + b"Authorization: Bearer wrong\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+        reply = read_reply(sock)
+    assert status_of(reply) == 401 and reply.count(b"HTTP/1.1") == 1
+
+
+def test_endless_chunked_trailers_are_cut_off(relay_process_against_demo) -> None:  # noqa: ANN001
+    relay = relay_process_against_demo
+    baseline_mb = relay.peak_memory_mb()
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+        send_quietly(sock, REQUEST_LINE + b"Authorization: Bearer " + DEMO_API_KEY.encode()
+                     + b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: ")
+        for _ in range(200):  # 50 MB of one trailer, if nothing stopped it
+            send_quietly(sock, b"t" * (256 * 1024))
+        reply = read_reply(sock)
+    assert status_of(reply) in (408, 413) or reply == b""
+    grown_mb = relay.peak_memory_mb() - baseline_mb
+    assert grown_mb < 16, f"the relay's peak memory grew by {grown_mb:.0f} MB"
+
+
+@pytest.fixture
+def relay_process_against_demo() -> Iterator[RelayProcess]:
+    with relay_process("--demo") as relay:
+        yield relay
+
+
 @pytest.mark.timeout(120)
-def test_many_unfinished_requests_hold_little_memory(relay: Harness) -> None:
-    peak_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def test_many_unfinished_requests_hold_little_memory(relay_process_against_demo: RelayProcess) -> None:
+    relay = relay_process_against_demo
+    baseline_mb = relay.peak_memory_mb()
     chunk = b"X-Fill: " + b"a" * (256 * 1024)
     socks = []
     try:
         for _ in range(30):  # each tries to send 4 MB of headers that never end
-            sock = socket.create_connection((relay.relay_server.host, relay.relay_server.port), timeout=5)
+            sock = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
             socks.append(sock)
             send_quietly(sock, REQUEST_LINE)
             for _ in range(16):
@@ -137,5 +192,5 @@ def test_many_unfinished_requests_hold_little_memory(relay: Harness) -> None:
         for sock in socks:
             sock.close()
     assert all(status_of(reply) == 431 for reply in replies)
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kb) / 1024
+    grown_mb = relay.peak_memory_mb() - baseline_mb
     assert grown_mb < 40, f"peak memory grew by {grown_mb:.0f} MB for 30 unfinished requests"

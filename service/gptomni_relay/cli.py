@@ -25,7 +25,7 @@ from gptomni_common.redaction import describe_validation_error
 from gptomni_relay.gc_tuning import collect_young_objects_regularly, tune_gc_for_serving
 from gptomni_relay.server import bind_socket, serve_app, uvicorn_config
 from gptomni_relay.settings import RelaySettings
-from gptomni_relay.state import ConfigurationError
+from gptomni_relay.state import ConfigurationError, resolve_api_keys
 
 log = logging.getLogger("gptomni_relay")
 
@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:  # a variable that is not even JSON; the message names it only
         return _fail(f"configuration error: {exc}")
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        resolve_api_keys(settings)  # before any port is taken: a refusal must not need one
+    except ConfigurationError as exc:
+        return _fail(f"configuration error: {exc}")
     sockets: list[socket.socket] = []
     try:
         # Bound before anything starts, so a busy port is one clear line, not a traceback.

@@ -7,6 +7,9 @@ stays open for minutes), and a request body may arrive as slowly as the client l
 
 - request line and headers at most `max_header_bytes` together, and at most
   `max_header_count` headers: 431 beyond;
+- what follows the headers (body, chunk framing, trailers) at most `max_body_bytes`
+  plus `max_header_bytes`: 413 beyond (the app refuses large bodies itself; this bounds
+  what the parser would otherwise buffer, chunked trailers above all);
 - headers complete within `header_timeout` of their first byte (or of the connection,
   so a silent connection is closed too): 408 beyond;
 - the whole body within `body_timeout` of the headers: 408 beyond;
@@ -28,13 +31,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {408: b"Request Timeout", 413: b"Content Too Large", 431: b"Request Header Fields Too Large"}
 
 
 @dataclass(frozen=True)
 class HttpLimits:
     max_header_bytes: int = 32 * 1024
     max_header_count: int = 100
+    max_body_bytes: int = 1024 * 1024
     header_timeout: float = 10.0
     body_timeout: float = 30.0
 
@@ -54,7 +58,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._limits = limits
         self._body_pending = False
-        self._header_bytes = 0
+        self._header_bytes = 0  # bytes read while no body was pending
+        self._parsed_header_bytes = 0  # the current request's line and headers, as parsed
+        self._body_bytes = 0
         self._header_count = 0
         self._refusal: int | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -68,7 +74,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._body_pending:
+        if self.transport.is_closing():
+            return  # refused already: nothing more is read
+        if self._body_pending:
+            self._body_bytes += len(data)
+            if self._body_bytes > self._limits.max_body_bytes + self._limits.max_header_bytes:
+                return self._refuse(413)
+        else:
             if self._timer is None:  # the first byte of a request on a kept-alive connection
                 self._arm(self._limits.header_timeout)
             self._header_bytes += len(data)
@@ -83,17 +95,38 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return self._refuse(self._refusal)
         super().send_400_response(msg)
 
+    def on_message_begin(self) -> None:
+        # A request that arrived in the same read as the end of the one before is timed too.
+        if self._timer is None:
+            self._arm(self._limits.header_timeout)
+        self._parsed_header_bytes = 0
+        self._header_count = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_parsed(len(url))
+        super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         if self._header_count > self._limits.max_header_count:
             self._refusal = 431
             raise _Refused
+        self._count_parsed(len(name) + len(value) + 4)  # ": " and CRLF
         super().on_header(name, value)
+
+    def _count_parsed(self, size: int) -> None:
+        """Headers that arrived in one read with their end are measured here, as parsed."""
+        self._parsed_header_bytes += size
+        if self._parsed_header_bytes > self._limits.max_header_bytes:
+            self._refusal = 431
+            raise _Refused
 
     def on_headers_complete(self) -> None:
         self._body_pending = True
         self._header_bytes = 0
-        self._header_count = 0
+        self._parsed_header_bytes = 0
+        self._body_bytes = 0
         self._arm(self._limits.body_timeout)
         super().on_headers_complete()
 
@@ -115,8 +148,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        if not self._body_pending and self._header_bytes == 0:
-            self.transport.close()  # an idle connection: nothing to answer
+        answered = self.cycle is not None and self.cycle.response_complete
+        idle = not self._body_pending and self._header_bytes == 0 and self._parsed_header_bytes == 0
+        if idle or (self._body_pending and answered):
+            # An idle connection, or a body nobody waits for any more: nothing to answer.
+            self.transport.close()
             return
         log.warning("client too slow; connection closed", extra={
             "phase": "body" if self._body_pending else "headers", "client": _client(self.client)})
@@ -124,11 +160,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int) -> None:
         self._disarm()
+        if self.transport.is_closing():
+            return
         if self.cycle is not None:
             self.cycle.keep_alive = False
-            if self.cycle.response_started and not self.cycle.response_complete:
-                self.transport.close()  # mid-response: a status line would corrupt it
-                return
+        # A status line may go out only where no answer is: not after this request's own
+        # answer began, nor inside an earlier request's answer (or one queued, pipelined).
+        cycle = self.cycle
+        if self._body_pending:
+            busy = cycle is not None and cycle.response_started
+        else:
+            busy = cycle is not None and not cycle.response_complete
+        if busy or self.pipeline:
+            self.transport.close()
+            return
         reason = _REASONS[status]
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"

@@ -63,8 +63,10 @@ class RelaySettings(BaseSettings):
     header_timeout_seconds: float = Field(10.0, gt=0)
     body_timeout_seconds: float = Field(30.0, gt=0)
     keep_alive_timeout_seconds: float = Field(75.0, gt=0)
-    # A non-streamed answer is held whole before it is sent: beyond this, 502.
+    # No answer goes on forever: beyond these a stream ends with an error event, a
+    # non-streamed answer (held whole before it is sent) fails with 502 / 504.
     max_answer_chars: int = Field(4_000_000, ge=1024)
+    max_answer_seconds: float = Field(900.0, gt=0)
 
     connect_timeout_seconds: float = Field(10.0, gt=0)
     first_byte_timeout_seconds: float = Field(60.0, gt=0)
@@ -95,12 +97,14 @@ class RelaySettings(BaseSettings):
 
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     sse_ping_seconds: float = Field(15.0, ge=0)
+    # A streaming client that takes nothing for this long is treated as gone (its slot freed).
+    client_write_timeout_seconds: float = Field(60.0, gt=0)
 
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
 
     def http_limits(self) -> HttpLimits:
-        return HttpLimits(self.max_header_bytes, self.max_header_count,
+        return HttpLimits(self.max_header_bytes, self.max_header_count, self.max_body_bytes,
                           self.header_timeout_seconds, self.body_timeout_seconds)
 
     def load_redis_password(self) -> str | None:

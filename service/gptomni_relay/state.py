@@ -155,7 +155,7 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None)
         upstream,
         metrics,
         FailoverPolicy(settings.max_attempts, settings.failover_budget_seconds, settings.acquire_timeout_seconds,
-                       settings.max_answer_chars),
+                       settings.max_answer_chars, settings.max_answer_seconds),
         tracer_provider.get_tracer("gptomni_relay") if tracer_provider is not None else trace.NoOpTracer(),
     )
     relay = RelayState(

@@ -114,14 +114,19 @@ class UpstreamClient:
             raise error
 
     async def check_cookie(self, cookie: str, prompt: str = CHECK_PROMPT) -> CheckResult:
-        """A minimal real prompt, read to the end: what the operator's health checks use."""
+        """A minimal real prompt: what the operator's health checks use. The first text of
+        the answer proves the cookie works; nothing more is read (an answer may be huge)."""
         started = time.monotonic()
         try:
             async with self.chat(cookie, prompt) as pieces:
-                answer = "".join([piece async for piece in pieces])
+                answered = False
+                async for piece in pieces:
+                    if piece.strip():
+                        answered = True
+                        break
         except UpstreamError as exc:
             return CheckResult(exc.outcome, _ms_since(started), exc.message, exc.retry_after)
-        if not answer.strip():
+        if not answered:
             return CheckResult(Outcome.ERROR, _ms_since(started), "upstream returned an empty answer")
         return CheckResult(Outcome.OK, _ms_since(started), "answered")
 
@@ -131,7 +136,7 @@ class UpstreamClient:
                 return await self._http().post(self._url, data=body, headers=headers, allow_redirects=False)
         except TimeoutError:
             raise UpstreamError(Outcome.TIMEOUT, "upstream did not answer in time") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: aiohttp refusing a malformed request
             raise UpstreamError(Outcome.ERROR, f"upstream connection failed ({type(exc).__name__})") from None
 
     async def _refusal(self, response: aiohttp.ClientResponse, deadline: float) -> UpstreamError:
@@ -181,6 +186,12 @@ class UpstreamClient:
                         yield piece
                 except UndecodableAnswer as exc:
                     raise UpstreamError(Outcome.ERROR, str(exc)) from None
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            # Whatever else an answer makes the reading code trip on is a failed attempt
+            # (failover), never a crash of the request.
+            raise UpstreamError(Outcome.ERROR, f"upstream answer could not be read ({type(exc).__name__})") from None
         finally:
             silence.cancel()
 
@@ -213,11 +224,15 @@ class _SilenceDeadline:
         self._loop = asyncio.get_running_loop()
         self._content = content
         self._deadline = deadline
+        self._idle = 0.0
+        self._bytes_seen = 0
         self.received_any = False
         self._timer = self._loop.call_at(deadline, self._check)
 
     def heard(self, idle_seconds: float) -> None:
         self.received_any = True
+        self._idle = idle_seconds
+        self._bytes_seen = self._content.total_bytes
         self._deadline = self._loop.time() + idle_seconds
         if self._deadline < self._timer.when():  # the idle limit is shorter than the first-byte wait
             self._timer.cancel()
@@ -227,6 +242,13 @@ class _SilenceDeadline:
         self._timer.cancel()
 
     def _check(self) -> None:
+        arrived = self._content.total_bytes != self._bytes_seen
+        # aiohttp's count of bytes buffered and not yet read (stable private field): the
+        # relay's own client is slow to take them, which is no upstream silence.
+        waiting = self._content._size > 0  # noqa: SLF001
+        if self.received_any and (arrived or waiting):
+            self._bytes_seen = self._content.total_bytes
+            self._deadline = self._loop.time() + self._idle
         if self._loop.time() < self._deadline:
             self._timer = self._loop.call_at(self._deadline, self._check)
         else:

@@ -32,18 +32,23 @@ class AnswerDecoder:
         else:
             raise UndecodableAnswer("the upstream used a content encoding the relay did not ask for")
         try:
-            self._text = codecs.getincrementaldecoder(charset or "utf-8")(errors="replace")
+            codec = codecs.lookup(charset or "utf-8")
         except LookupError:
             raise UndecodableAnswer("the upstream declared an unknown charset") from None
+        # Python's codec registry also holds bytes-to-bytes transforms (zlib, bz2, base64,
+        # hex: unbounded inflation) and str-to-str ones (rot13): a charset must be text.
+        if not codec._is_text_encoding:
+            raise UndecodableAnswer("the upstream declared a charset that is no text encoding")
+        self._text = codec.incrementaldecoder(errors="replace")
 
     def feed(self, data: bytes) -> Iterator[str]:
         """Text for `data`, in pieces of at most MAX_STEP_BYTES of inflated bytes each."""
-        if self._inflater is None:
-            text = self._text.decode(data)
-            if text:
-                yield text
-            return
         try:
+            if self._inflater is None:
+                text = self._text.decode(data)
+                if text:
+                    yield text
+                return
             while data:
                 inflated = self._inflater.decompress(data, MAX_STEP_BYTES)
                 data = self._inflater.unconsumed_tail
@@ -52,16 +57,20 @@ class AnswerDecoder:
                     yield text
         except zlib.error:
             raise UndecodableAnswer("the upstream sent a corrupt compressed body") from None
+        except (UnicodeError, ValueError, TypeError):  # a text codec that cannot decode even with replace
+            raise UndecodableAnswer("the upstream's text cannot be decoded in its declared charset") from None
 
     def finish(self) -> str:
         tail = b""
         if self._inflater is not None:
-            try:
-                # feed() left no input unconsumed, so little output can remain.
-                tail = self._inflater.flush()
-            except zlib.error:
-                raise UndecodableAnswer("the upstream sent a corrupt compressed body") from None
-        return self._text.decode(tail, final=True)
+            if not self._inflater.eof:
+                raise UndecodableAnswer("the upstream's compressed body ended before its end")
+            # feed() left no input unconsumed, so little output can remain.
+            tail = self._inflater.flush()
+        try:
+            return self._text.decode(tail, final=True)
+        except (UnicodeError, ValueError, TypeError):
+            raise UndecodableAnswer("the upstream's text cannot be decoded in its declared charset") from None
 
 
 def decode_head(data: bytes, content_encoding: str | None, charset: str | None, limit: int) -> str:

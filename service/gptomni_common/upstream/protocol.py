@@ -98,7 +98,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if value.isascii() and value.isdigit():
         # A 400-digit number would be infinity as a float: bounded before converting.
-        return MAX_RETRY_AFTER_SECONDS if len(value) > 6 else min(float(value), MAX_RETRY_AFTER_SECONDS)
+        digits = value.lstrip("0") or "0"
+        return MAX_RETRY_AFTER_SECONDS if len(digits) > 6 else min(float(digits), MAX_RETRY_AFTER_SECONDS)
     try:
         seconds = email.utils.parsedate_to_datetime(value).timestamp() - (now if now is not None else time.time())
     except (TypeError, ValueError, OverflowError, AttributeError):

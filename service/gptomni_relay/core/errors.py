@@ -47,7 +47,11 @@ class UpstreamTimedOut(UpstreamFailed):
 
 
 class AnswerTooLarge(UpstreamFailed):
-    """An answer that must be held whole (not streamed) outgrew the relay's limit."""
+    """An answer outgrew the relay's limit (GPTOMNI_MAX_ANSWER_CHARS)."""
+
+
+class AnswerTookTooLong(UpstreamTimedOut):
+    """An answer ran past the relay's limit (GPTOMNI_MAX_ANSWER_SECONDS), however steadily it came."""
 
 
 class BadConversation(RelayError):

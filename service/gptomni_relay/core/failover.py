@@ -25,6 +25,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamError
 from gptomni_relay.core.errors import (
     AllBusy,
+    AnswerTookTooLong,
     AnswerTooLarge,
     NothingLeftToTry,
     PoolUnavailable,
@@ -44,7 +45,8 @@ class FailoverPolicy:
     max_attempts: int = 3
     budget_seconds: float = 30.0  # no new attempt after this long
     acquire_wait_seconds: float = 5.0  # for a free credential slot
-    max_whole_answer_chars: int = 4_000_000  # a non-streamed answer is held whole: bound it
+    max_answer_chars: int = 4_000_000  # streamed or not: no answer goes on forever
+    max_answer_seconds: float = 900.0
 
 
 def domain_error(exc: UpstreamError) -> UpstreamFailed:
@@ -58,9 +60,10 @@ class UpstreamAnswer:
     `aclose()`. Keeps no text: `completion` counts the tokens of what went by."""
 
     def __init__(self, lease: PoolLease, first_piece: str, rest: AsyncIterator[str], stack: AsyncExitStack,
-                 span: Span, metrics: RelayMetrics) -> None:
+                 span: Span, metrics: RelayMetrics, policy: FailoverPolicy) -> None:
         self.credential_id = lease.credential.id
         self.first_piece_at = time.monotonic()
+        self._policy = policy
         self.completion = TokenMeter()
         self._lease = lease
         self._first = first_piece
@@ -72,11 +75,18 @@ class UpstreamAnswer:
 
     async def pieces(self) -> AsyncIterator[str]:
         """The answer's text pieces; raises UpstreamFailed / UpstreamTimedOut if it breaks."""
+        policy = self._policy
+        deadline = self.first_piece_at + policy.max_answer_seconds
         self.completion.add(self._first)
         yield self._first
         try:
             async for piece in self._rest:
                 self.completion.add(piece)
+                # Both bounds end the answer as a clean error; neither is the cookie's fault.
+                if self.completion.characters > policy.max_answer_chars:
+                    raise AnswerTooLarge(f"the answer is longer than the relay's {policy.max_answer_chars}-character limit")
+                if time.monotonic() > deadline:
+                    raise AnswerTookTooLong(f"the answer took longer than the relay's {policy.max_answer_seconds:.0f}-second limit")
                 yield piece
         except UpstreamError as exc:
             self._lease.report(exc.outcome, exc.retry_after)
@@ -160,19 +170,14 @@ class Failover:
     async def whole(self) -> WholeAnswer:
         """The complete answer (for a non-streamed response). Nothing has reached the client
         before it is complete, so an answer that breaks midway is started again elsewhere."""
-        limit = self._source.policy.max_whole_answer_chars
         while True:
             answer = await self.open()
             parts: list[str] = []
-            size = 0
             try:
                 async for piece in answer.pieces():
-                    size += len(piece)
-                    if size > limit:
-                        raise AnswerTooLarge(f"the answer is longer than the relay's {limit}-character limit")
                     parts.append(piece)
                 return WholeAnswer("".join(parts), answer.credential_id, answer.completion.tokens, answer.first_piece_at)
-            except AnswerTooLarge:
+            except (AnswerTooLarge, AnswerTookTooLong):
                 raise  # another credential would answer the same prompt at the same length
             except UpstreamFailed:
                 if not await self._may_try_again():
@@ -200,23 +205,19 @@ class Failover:
                 except StopAsyncIteration:
                     raise UpstreamError(Outcome.ERROR, "upstream returned an empty answer") from None
         except UpstreamError as exc:
-            await stack.aclose()
             lease.report(exc.outcome, exc.retry_after)
-            lease.release()
             source.metrics.upstream_attempts.labels(credential.id, exc.outcome.value).inc()
             span.set_attribute("gptomni.outcome", exc.outcome.value)
             span.set_status(Status(StatusCode.ERROR, exc.message))
-            span.end()
             log.warning("upstream attempt failed", extra={"credential": credential.id, "attempt": attempt,
                                                          "outcome": exc.outcome.value, "reason": exc.message})
+            await _abandon(stack, lease, span)
             return exc
         except BaseException:  # a hang-up (cancellation) included: free the slot at once
-            await stack.aclose()
-            lease.release()
-            span.end()
+            await _abandon(stack, lease, span)
             raise
         span.set_attribute("gptomni.ttft_ms", round((time.monotonic() - started) * 1000, 1))
-        return UpstreamAnswer(lease, first, pieces, stack, span, source.metrics)
+        return UpstreamAnswer(lease, first, pieces, stack, span, source.metrics, source.policy)
 
     async def _final_error(self, last_error: UpstreamError | None) -> RelayError:
         # The pool's own state explains the failure better than the last attempt when
@@ -227,3 +228,12 @@ class Failover:
         if last_error is None:
             return UpstreamTimedOut("gave up before any upstream attempt: the failover time budget ran out")
         return domain_error(last_error)
+
+
+async def _abandon(stack: AsyncExitStack, lease: PoolLease, span: Span) -> None:
+    """Closes an attempt's upstream response; the slot is freed whatever closing does."""
+    try:
+        await stack.aclose()
+    finally:
+        lease.release()
+        span.end()

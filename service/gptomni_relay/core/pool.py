@@ -168,20 +168,18 @@ class CredentialPool:
     # --- configuration -------------------------------------------------------------
 
     def replace(self, credentials: Iterable[Credential]) -> None:
-        """Install a new pool. State survives for unchanged ids; a new cookie lifts an ejection."""
+        """Install a new pool. State survives for unchanged ids; a new cookie for an id starts
+        afresh (no ejection, cooldown or strikes: those were the old cookie's)."""
         new_slots: dict[str, Slot] = {}
         for credential in credentials:
-            old = self._slots.get(credential.id)
-            slot = Slot(credential)
-            if old is not None:
-                slot.in_flight = old.in_flight
-                slot.cooling_until = old.cooling_until
-                slot.strikes = old.strikes
-                slot.ejected = old.ejected and old.credential.cookie == credential.cookie
-                # Leases still point at the old slot object; keep counting on it.
-                old.credential = credential
-                old.ejected = slot.ejected
-                slot = old
+            slot = self._slots.get(credential.id)
+            if slot is None:
+                slot = Slot(credential)
+            else:
+                # Leases still point at this slot object: keep it, and its in-flight count.
+                if slot.credential.cookie != credential.cookie:
+                    slot.ejected, slot.cooling_until, slot.strikes = False, 0.0, 0
+                slot.credential = credential
             new_slots[credential.id] = slot
         self._slots = new_slots
         self.wake_waiters()
@@ -277,7 +275,9 @@ class CredentialPool:
             backoff = self._cooldown_base * 2 ** min(slot.strikes - 1, 32)
             # The upstream's Retry-After is honoured up to our own cap: a hostile or broken
             # upstream must not park a cookie for a day.
-            delay = min(retry_after if retry_after is not None else backoff, self._cooldown_max)
+            # A Retry-After of 0 must not turn a 429 into an immediate retry loop: 1 s at least.
+            asked = max(retry_after, 1.0) if retry_after is not None else backoff
+            delay = min(asked, self._cooldown_max)
             slot.cooling_until = max(slot.cooling_until, self._clock() + delay)
 
     def _release(self, slot: Slot) -> None:

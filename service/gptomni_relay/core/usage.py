@@ -41,6 +41,10 @@ class TokenMeter:
     def tokens(self) -> int:
         return _tokens(self._cjk, self._characters)
 
+    @property
+    def characters(self) -> int:
+        return self._characters
+
 
 @dataclass(frozen=True)
 class TokenUsage:

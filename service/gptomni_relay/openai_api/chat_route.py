@@ -63,7 +63,8 @@ async def chat_completions(request: Request) -> Response:
     relay.metrics.time_to_first_token.labels(model).observe(first_piece_at - started)
     if stream:
         return EventStreamResponse(writer.sse_events(answer), ping_seconds=relay.settings.sse_ping_seconds,
-                                   headers={"x-request-id": writer.id})
+                                   write_timeout=relay.settings.client_write_timeout_seconds,
+                                   on_close=lambda: writer.close_stream(answer), headers={"x-request-id": writer.id})
     return writer.json_response(whole)
 
 

@@ -57,6 +57,7 @@ class CompletionWriter:
         self._body = body
         self._prompt_tokens = prompt_tokens
         self._started = started
+        self._finished = False
         options = body.stream_options
         self._include_usage = options is not None and options.include_usage
 
@@ -117,8 +118,16 @@ class CompletionWriter:
         return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                      total_tokens=usage.total_tokens)
 
+    async def close_stream(self, answer: UpstreamAnswer) -> None:
+        """After the response, whatever happened to it: the answer is closed (its slot
+        freed) and the request counted, even if `sse_events` never got to start."""
+        await answer.aclose()
+        if not self._finished:
+            self.finish(CLIENT_GONE, answer.credential_id)
+
     def finish(self, status: str, credential_id: str | None) -> None:
         """The request's end, whichever way it ended: its metrics and its log line."""
+        self._finished = True
         duration = time.monotonic() - self._started
         self._metrics.observe_request(self._body.model, status, self._body.stream, duration)
         log.info("chat completion finished", extra={

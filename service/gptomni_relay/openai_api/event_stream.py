@@ -24,7 +24,7 @@ response exactly as before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -53,22 +53,27 @@ class StreamEnd(bytes):
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncGenerator[bytes, None], *, ping_seconds: float,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], *, ping_seconds: float, write_timeout: float,
+                 on_close: Callable[[], Awaitable[None]], headers: Mapping[str, str] | None = None) -> None:
         self.events = events
         self.ping_seconds = ping_seconds
+        self.write_timeout = write_timeout
+        self.on_close = on_close
         self.status_code = 200
         self.background = None
         # No Content-Length: init_headers adds one only when a body is set.
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})})
         self._last_write = 0.0
+        self._write_since = 0.0
         self._write_lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         write_piece: Send = scope.get(SERVER_SEND_SCOPE_KEY, send)
+        # The watch also wakes often enough to notice a client that stopped reading.
+        idle = min(seconds for seconds in (self.ping_seconds, self.write_timeout / 2) if seconds > 0)
         try:
-            async with HangUpWatch(receive, self.ping_seconds, lambda: self._ping(send)) as watch:
+            async with HangUpWatch(receive, idle, lambda: self._ping(send)) as watch:
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 last = b""
                 async for event in self.events:
@@ -76,6 +81,7 @@ class EventStreamResponse(Response):
                         last = event  # the generator ends right after it, running its clean-up
                         continue
                     async with self._write_lock:
+                        self._write_since = loop.time()
                         await write_piece({"type": "http.response.body", "body": event, "more_body": True})
                     self._last_write = loop.time()
                 async with self._write_lock:
@@ -84,13 +90,33 @@ class EventStreamResponse(Response):
         except OSError:
             return  # the socket died under a write: the same as a hang-up
         finally:
-            # Runs the generator's own clean-up (closing upstream) even when the
-            # cancellation landed in a write rather than inside the generator.
-            await self.events.aclose()
+            # Runs the generator's own clean-up even when the cancellation landed in a
+            # write rather than inside the generator; `on_close` runs even if the generator
+            # never started (a hang-up while the response start was being written).
+            try:
+                await self.events.aclose()
+            finally:
+                await self.on_close()
 
     async def _ping(self, send: Send) -> None:
-        if asyncio.get_running_loop().time() - self._last_write < self.ping_seconds:
+        """Runs while the stream is idle: a ping when one is due, and the check that the
+        client still takes what is written (a stalled write ends the stream as a hang-up)."""
+        loop = asyncio.get_running_loop()
+        if self._write_lock.locked():
+            if loop.time() - self._write_since > self.write_timeout:
+                raise ClientNotReading
+            return
+        if not self.ping_seconds or loop.time() - self._last_write < self.ping_seconds:
             return
         async with self._write_lock:
-            await send({"type": "http.response.body", "body": PING, "more_body": True})
-        self._last_write = asyncio.get_running_loop().time()
+            self._write_since = loop.time()
+            try:
+                async with asyncio.timeout(self.write_timeout):
+                    await send({"type": "http.response.body", "body": PING, "more_body": True})
+            except TimeoutError:
+                raise ClientNotReading from None
+        self._last_write = loop.time()
+
+
+class ClientNotReading(OSError):
+    """The client has not taken a write for GPTOMNI_CLIENT_WRITE_TIMEOUT_SECONDS: treated as gone."""
