@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -14,8 +17,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from gptomni_relay.settings import DEMO_API_KEY
-from gptomni_relay.simulator import SimulatorState
-from tests.harness import Harness
+from gptomni_relay.simulator import Behaviour, SimulatorState
+from tests.harness import Harness, write_pool_file
 from tests.processes import relay_process
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -45,15 +48,17 @@ def busy_relay(make_relay: Any) -> Harness:
 def test_scrape_counts_streams_failures_and_failovers(busy_relay: Harness) -> None:
     relay = busy_relay
     http = relay.http()
-    statuses = []
+    streams = []
     for _ in range(6):
         with http.stream("POST", "/v1/chat/completions",
                          json={"model": "gptomni", "messages": HELLO, "stream": True}) as response:
-            statuses.append((response.status_code, list(response.iter_lines())[-1]))
+            assert response.status_code == 200  # a break after the start ends the stream with an error event
+            streams.append(list(response.iter_lines()))
     http.post("/v1/chat/completions", content=b"nope")
     scraped = samples(relay.metrics_text())
 
-    ok = sum(1 for _, last in statuses if last == "")  # trailing blank after [DONE]
+    finished = sum(1 for lines in streams if "data: [DONE]" in lines)
+    broken = sum(1 for lines in streams if any(line.startswith('data: {"error"') for line in lines))
     attempts = {o: value(scraped, "gptomni_upstream_attempts_total", credential=c, outcome=o)
                 for c, o in [("env/0", "unauthorized"), ("env/1", "error"), ("env/2", "ok")]}
     assert attempts["unauthorized"] == 1  # alpha ejected on first use
@@ -70,7 +75,110 @@ def test_scrape_counts_streams_failures_and_failovers(busy_relay: Harness) -> No
     assert value(scraped, "gptomni_credential_state", credential="env/2", state="healthy") == 1
     assert value(scraped, "gptomni_credential_in_flight", credential="env/2") == 0
     assert value(scraped, "gptomni_completion_tokens_total", model="gptomni") > 0
-    assert ok >= 0
+    assert (finished, broken) == (6 - cut, cut)
+    assert value(scraped, "gptomni_requests_total", model="unknown", status="400", stream="false") == 1
+
+
+def test_series_a_dashboard_reads_exist_at_zero_before_any_request(make_relay: Any) -> None:
+    """rate() cannot see a series' first event, and an absent series is "No data"."""
+    relay = make_relay(cookies=[], models=["gptomni", "gptomni-pro"], api_keys=["team-a:sk-team-a-0123456789"])
+    scraped = samples(relay.metrics_text())
+    expected = [
+        *(("gptomni_requests_total", {"model": model, "status": status, "stream": stream})
+          for model in ("gptomni", "gptomni-pro") for stream in ("true", "false")
+          for status in ("200", "429", "499", "502", "503", "504")),
+        *(("gptomni_requests_total", {"model": "unknown", "status": status, "stream": "false"})
+          for status in ("400", "401", "404", "413")),
+        *(("gptomni_api_key_requests_total", {"api_key": "team-a", "status_class": c}) for c in ("2xx", "4xx", "5xx")),
+        *(("gptomni_pool_reloads_total", {"result": result}) for result in ("ok", "invalid", "missing")),
+        ("gptomni_stream_interruptions_total", {"outcome": "error"}),
+        ("gptomni_time_to_first_token_seconds_count", {"model": "gptomni-pro"}),
+        ("gptomni_request_duration_seconds_count", {"stream": "false"}),
+        ("gptomni_upstream_time_to_first_token_seconds_count", {}),
+        ("gptomni_credential_wait_seconds_count", {}),
+        ("gptomni_failovers_total", {}),
+    ]
+    for name, labels in expected:
+        assert scraped.get((name, tuple(sorted(labels.items())))) == 0, (name, labels)
+    # An empty pool is 0 healthy credentials, not no series: the alert on it can fire.
+    for state in ("healthy", "cooling", "ejected"):
+        assert scraped[("gptomni_credentials", (("state", state),))] == 0
+
+
+def test_requests_are_counted_by_api_key_name_never_the_key(make_relay: Any) -> None:
+    keys = ["team-a:sk-team-a-0123456789", "team-a:sk-team-a-rotated-42", "sk-bare-key-0123456789",
+            "old:style-key-with-a-colon"]
+    relay = make_relay(api_keys=keys)
+
+    def ask(key: str, **body: Any) -> int:
+        return httpx.post(f"{relay.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "gptomni", "messages": HELLO, **body}).status_code
+
+    # Both keys of a name count under it; an entry that predates names works whole too.
+    presented = ["sk-team-a-0123456789", "sk-team-a-rotated-42", "sk-bare-key-0123456789",
+                 "old:style-key-with-a-colon", "style-key-with-a-colon"]
+    assert [ask(key) for key in presented] == [200] * 5
+    assert ask("sk-team-a-0123456789", model="nope") == 404
+    assert ask("sk-never-configured") == 401
+    assert ask("team-a") == 401  # a name is not a key
+    text = relay.metrics_text()
+    scraped = samples(text)
+    by_key = {labels: count for (name, labels), count in scraped.items() if name == "gptomni_api_key_requests_total"}
+    assert by_key == {
+        (("api_key", "team-a"), ("status_class", "2xx")): 2, (("api_key", "team-a"), ("status_class", "4xx")): 1,
+        (("api_key", "team-a"), ("status_class", "5xx")): 0,
+        (("api_key", "unnamed"), ("status_class", "2xx")): 1, (("api_key", "unnamed"), ("status_class", "4xx")): 0,
+        (("api_key", "unnamed"), ("status_class", "5xx")): 0,
+        (("api_key", "old"), ("status_class", "2xx")): 2, (("api_key", "old"), ("status_class", "4xx")): 0,
+        (("api_key", "old"), ("status_class", "5xx")): 0,
+    }
+    assert value(scraped, "gptomni_requests_total", model="unknown", status="401", stream="false") == 2
+    for key in presented:
+        assert key not in text
+
+
+def test_series_of_removed_credentials_and_key_names_are_dropped(make_relay: Any, tmp_path: Path) -> None:
+    keys = tmp_path / "api-keys"
+    keys.write_text("team-a:sk-team-a-0123456789\nteam-b:sk-team-b-0123456789\n")
+    write_pool_file(tmp_path / "pool", [{"id": "default/a", "cookie": "session=a"},
+                                        {"id": "default/b", "cookie": "session=b"}])
+    relay = make_relay(cookies=[], credentials_file=tmp_path / "pool" / "credentials.json", api_keys=[],
+                       api_keys_file=keys, credentials_poll_seconds=0.1)
+
+    def labelled(name: str, label: str) -> set[str]:
+        return {dict(labels)[label] for (sample, labels), _ in samples(relay.metrics_text()).items() if sample == name}
+
+    assert labelled("gptomni_upstream_attempts_total", "credential") == {"default/a", "default/b"}
+    assert labelled("gptomni_api_key_requests_total", "api_key") == {"team-a", "team-b"}
+    write_pool_file(tmp_path / "pool", [{"id": "default/b", "cookie": "session=b"}])
+    replacement = tmp_path / "api-keys.new"
+    replacement.write_text("team-b:sk-team-b-0123456789\n")
+    os.replace(replacement, keys)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (labelled("gptomni_api_key_requests_total", "api_key") == {"team-b"}
+                                                and labelled("gptomni_credential_state", "credential") == {"default/b"}):
+        time.sleep(0.05)
+    for name in ("gptomni_upstream_attempts_total", "gptomni_credential_state", "gptomni_credential_in_flight"):
+        assert labelled(name, "credential") == {"default/b"}, name
+    assert labelled("gptomni_api_key_requests_total", "api_key") == {"team-b"}
+
+
+async def test_slot_waits_and_upstream_time_to_first_token(make_relay: Any) -> None:
+    """One slot, two requests: the second waits for the first; GPT-Omni's 0.3 s to the first
+    text is measured per attempt, apart from the relay's own time to first token."""
+    sim = SimulatorState(default=Behaviour(first_byte_delay=0.3))
+    relay = make_relay(sim=sim, default_max_concurrency=1)
+    async with relay.async_client() as client:
+        await asyncio.gather(*(client.chat.completions.create(model="gptomni", messages=HELLO) for _ in range(2)))
+    scraped = samples(relay.metrics_text())
+    assert value(scraped, "gptomni_upstream_time_to_first_token_seconds_count") == 2
+    assert value(scraped, "gptomni_upstream_time_to_first_token_seconds_bucket", le="0.25") == 0
+    assert value(scraped, "gptomni_credential_wait_seconds_count") == 2
+    assert value(scraped, "gptomni_credential_wait_seconds_bucket", le="0.005") == 1  # the first got it at once
+    assert value(scraped, "gptomni_credential_wait_seconds_bucket", le="0.25") == 1  # the second waited > 0.3 s
+    # The client's time to first token includes the wait; GPT-Omni's does not.
+    relay_ttft = value(scraped, "gptomni_time_to_first_token_seconds_sum", model="gptomni")
+    assert relay_ttft >= value(scraped, "gptomni_upstream_time_to_first_token_seconds_sum") + 0.25
 
 
 def test_span_tree_for_stream_failover_and_error(busy_relay: Harness) -> None:
