@@ -143,7 +143,7 @@ async def test_restarted_operator_keeps_the_pool_unchanged(kmock: Any) -> None:
         assert pool["secret"]["metadata"]["annotations"]["gptomni.io/content-hash"] == before
         assert sample_value(metrics, "gptomni_operator_secret_writes_total", result="updated") == 0
         assert sample_value(metrics, "gptomni_operator_secret_writes_total", result="created") == 0
-        assert 'result="created"' in writes_before
+        assert sample_value(writes_before, "gptomni_operator_secret_writes_total", result="created") == 1
 
 
 async def test_operator_metrics(kmock: Any) -> None:
