@@ -5,8 +5,6 @@ its own free loopback port, its own config and data directory in a temporary fol
 from __future__ import annotations
 
 import math
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.processes import free_port
+from tests.processes import free_port, spawned
 from tests.system_parts import require_binary
 
 SCRAPE_SECONDS = 1.0
@@ -93,33 +91,9 @@ def prometheus_server(workdir: Path, targets: list[ScrapeTarget], rule_files: li
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config(targets, rule_files)))
-    port = free_port()
-    log_path = workdir / "prometheus.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [str(binary), f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    server = PrometheusServer(f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"prometheus exited early:\n{server.output()}")
-            try:
-                if httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prometheus not ready:\n{server.output()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [str(binary), f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
+               f"--web.listen-address={url.removeprefix('http://')}", "--storage.tsdb.retention.time=1h",
+               "--log.level=warn"]
+    with spawned(command, url, "/-/ready") as (_, log):
+        yield PrometheusServer(url, Path(log.name))
