@@ -177,8 +177,8 @@ async def test_slot_waits_and_upstream_time_to_first_token(make_relay: Any) -> N
     assert value(scraped, "gptomni_upstream_time_to_first_token_seconds_count") == 2
     assert value(scraped, "gptomni_upstream_time_to_first_token_seconds_bucket", le="0.25") == 0
     assert value(scraped, "gptomni_credential_wait_seconds_count") == 2
-    assert value(scraped, "gptomni_credential_wait_seconds_bucket", le="0.005") == 1  # the first got it at once
-    assert value(scraped, "gptomni_credential_wait_seconds_bucket", le="0.25") == 1  # the second waited > 0.3 s
+    # The first got the slot at once, the second waited for the first's 0.3 s and more.
+    assert value(scraped, "gptomni_credential_wait_seconds_bucket", le="0.25") == 1
     # The client's time to first token includes the wait; GPT-Omni's does not.
     relay_ttft = value(scraped, "gptomni_time_to_first_token_seconds_sum", model="gptomni")
     assert relay_ttft >= value(scraped, "gptomni_upstream_time_to_first_token_seconds_sum") + 0.25
