@@ -1,4 +1,5 @@
-"""The relay as users run it: a separate `gptomni-relay` process on a free loopback port."""
+"""The relay and the operator as users run them: separate `gptomni-relay` and
+`gptomni-operator` processes on free loopback ports; `spawned` runs any test process."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+import yaml
 
 
 def free_port() -> int:
@@ -49,39 +52,78 @@ class RelayProcess:
             return handle.read()
 
 
-def wait_ready(url: str, process: subprocess.Popen[str], log_path: str, timeout: float = 30) -> None:
+@dataclass
+class OperatorProcess(RelayProcess):
+    """`port` is kopf's liveness endpoint."""
+
+
+def wait_ready(url: str, process: subprocess.Popen[str], log_path: str, timeout: float = 30,
+               path: str = "/healthz") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             with open(log_path, encoding="utf-8") as handle:
-                raise RuntimeError(f"relay exited early:\n{handle.read()}")
+                raise RuntimeError(f"{process.args[0]} exited early:\n{handle.read()}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     with open(log_path, encoding="utf-8") as handle:
-        raise TimeoutError(f"relay did not answer /healthz on {url} within {timeout} s:\n{handle.read()}")
+        raise TimeoutError(f"{process.args[0]} did not answer {path} on {url} within {timeout} s:\n{handle.read()}")
+
+
+@contextmanager
+def spawned(command: list[str], url: str, ready_path: str = "/healthz", env: dict[str, str] | None = None,
+            ) -> Iterator[tuple[subprocess.Popen[str], tempfile._TemporaryFileWrapper[str]]]:
+    """`command` with only `env` of ours (no GPTOMNI_/OTEL_/KUBECONFIG of the test run),
+    its output in a log file, up once `url` answers 200 on `ready_path`; stopped with
+    SIGTERM (as kubelet does) at the end, killed if it has not stopped 30 s later."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTOMNI_", "OTEL_", "KUBECONFIG"))}
+    full_env.update(env or {})
+    log = tempfile.NamedTemporaryFile("w+", prefix=f"{Path(command[0]).name}-", suffix=".log")  # noqa: SIM115
+    process = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_ready(url, process, log.name, path=ready_path)
+        yield process, log
+    finally:
+        end_process(process, lambda: process.send_signal(signal.SIGTERM))
+        log.close()
 
 
 @contextmanager
 def relay_process(*args: str, env: dict[str, str] | None = None) -> Iterator[RelayProcess]:
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTOMNI_", "OTEL_"))}
-    full_env["GPTOMNI_METRICS_PORT"] = str(free_port())
-    full_env.update(env or {})
-    log = tempfile.NamedTemporaryFile("w+", prefix="relay-", suffix=".log")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gptomni_relay", "--port", str(port), *args],
-        env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process, log.name)
-        yield RelayProcess(process, port, int(full_env["GPTOMNI_METRICS_PORT"]), log)
-    finally:
-        end_process(process, lambda: process.send_signal(signal.SIGTERM))
-        log.close()
+    port, metrics_port = free_port(), free_port()
+    env = {"GPTOMNI_METRICS_PORT": str(metrics_port), **(env or {})}
+    command = [sys.executable, "-m", "gptomni_relay", "--port", str(port), *args]
+    with spawned(command, f"http://127.0.0.1:{port}", env=env) as (process, log):
+        yield RelayProcess(process, port, int(env["GPTOMNI_METRICS_PORT"]), log)
+
+
+def write_kubeconfig(path: Path, server: str) -> None:
+    """A kubeconfig for a test API server (plain HTTP on loopback, any token)."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server}}],
+        "users": [{"name": "test", "user": {"token": "test"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+    }))
+
+
+@contextmanager
+def operator_process(kube_server: str, upstream_url: str, env: dict[str, str] | None = None) -> Iterator[OperatorProcess]:
+    """`gptomni-operator --all-namespaces` against the API server at `kube_server` (through a
+    kubeconfig, as outside a cluster); up once its metrics answer."""
+    liveness_port, metrics_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="operator-") as home:
+        kubeconfig = Path(home) / "kubeconfig"
+        write_kubeconfig(kubeconfig, kube_server)
+        env = {"KUBECONFIG": str(kubeconfig), "GPTOMNI_UPSTREAM_URL": upstream_url, **(env or {})}
+        command = [sys.executable, "-m", "gptomni_operator", "--all-namespaces", f"--metrics-port={metrics_port}",
+                   f"--liveness=http://127.0.0.1:{liveness_port}/healthz"]
+        with spawned(command, f"http://127.0.0.1:{metrics_port}", "/metrics", env) as (process, log):
+            yield OperatorProcess(process, liveness_port, metrics_port, log)
 
 
 def end_process(process: subprocess.Popen[str], ask_to_stop: Callable[[], object], timeout: float = 30) -> None:

@@ -324,13 +324,6 @@ def test_crd_is_one_source_of_truth() -> None:
     assert yaml.safe_load(crd["data"])["metadata"]["name"] == "gptomnicredentials.gptomni.io"
 
 
-def test_k8s_monitoring_copies_match_the_chart() -> None:
-    plain = yaml.safe_load((ROOT / "k8s" / "monitoring" / "prometheus-rule.yaml").read_text())
-    assert plain["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
-    assert (ROOT / "k8s" / "monitoring" / "grafana-dashboard.json").read_bytes() == (
-        CHART / "files" / "grafana-dashboard.json").read_bytes()
-
-
 def test_checkov_passes_or_every_skip_is_explained(tmp_path: Path) -> None:
     # Each skip is a deliberate choice, explained here and in docs/deploy.md.
     explained = {

@@ -206,7 +206,7 @@ def test_cookies_never_reach_logs_metrics_traces_or_errors(make_relay: Any, tmp_
     bodies = [http.post("/v1/chat/completions", json={"model": "gptomni", "messages": HELLO, "stream": s}).text
               for s in (True, False, True)]
     write_raw_pool_file(tmp_path, b'{"version": 1, "credentials": [{"id": "x", "cookie": "session=SECRET-NEW", "weight": 0}]}')
-    wait_until(lambda: 'result="invalid"' in relay.metrics_text())
+    wait_until(lambda: sample_value(relay.metrics_text(), "gptomni_pool_reloads_total", result="invalid") == 1)
 
     exported = relay.metrics_text() + http.get("/readyz").text + "".join(bodies)
     for span in relay.spans.get_finished_spans():

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import http.server
+import asyncio
 import json
-import threading
+import os
+import subprocess
+import sys
 import time
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from gptomni_relay.server import serve_app
 from gptomni_relay.settings import DEMO_API_KEY
-from gptomni_relay.simulator import SimulatorState
-from tests.harness import Harness
+from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
+from tests.harness import BackgroundLoop, Harness, write_pool_file
 from tests.processes import relay_process
+from tests.system_parts import REPO
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -45,15 +51,17 @@ def busy_relay(make_relay: Any) -> Harness:
 def test_scrape_counts_streams_failures_and_failovers(busy_relay: Harness) -> None:
     relay = busy_relay
     http = relay.http()
-    statuses = []
+    streams = []
     for _ in range(6):
         with http.stream("POST", "/v1/chat/completions",
                          json={"model": "gptomni", "messages": HELLO, "stream": True}) as response:
-            statuses.append((response.status_code, list(response.iter_lines())[-1]))
+            assert response.status_code == 200  # a break after the start ends the stream with an error event
+            streams.append(list(response.iter_lines()))
     http.post("/v1/chat/completions", content=b"nope")
     scraped = samples(relay.metrics_text())
 
-    ok = sum(1 for _, last in statuses if last == "")  # trailing blank after [DONE]
+    finished = sum(1 for lines in streams if "data: [DONE]" in lines)
+    broken = sum(1 for lines in streams if any(line.startswith('data: {"error"') for line in lines))
     attempts = {o: value(scraped, "gptomni_upstream_attempts_total", credential=c, outcome=o)
                 for c, o in [("env/0", "unauthorized"), ("env/1", "error"), ("env/2", "ok")]}
     assert attempts["unauthorized"] == 1  # alpha ejected on first use
@@ -70,49 +78,110 @@ def test_scrape_counts_streams_failures_and_failovers(busy_relay: Harness) -> No
     assert value(scraped, "gptomni_credential_state", credential="env/2", state="healthy") == 1
     assert value(scraped, "gptomni_credential_in_flight", credential="env/2") == 0
     assert value(scraped, "gptomni_completion_tokens_total", model="gptomni") > 0
-    assert ok >= 0
+    assert (finished, broken) == (6 - cut, cut)
+    assert value(scraped, "gptomni_requests_total", model="unknown", status="400", stream="false") == 1
 
 
-def test_span_tree_for_stream_failover_and_error(busy_relay: Harness) -> None:
-    relay = busy_relay
-    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
-    http = relay.http()
-    # First request: alpha 401 -> failover; lands on beta or gamma.
-    with http.stream("POST", "/v1/chat/completions", headers=headers,
-                     json={"model": "gptomni", "messages": HELLO, "stream": True}) as response:
-        list(response.iter_lines())
-
-    server = wait_for_spans(relay, "POST /v1/chat/completions")
-    spans = [s for s in relay.spans.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
-    attempts = sorted((s for s in spans if s.name == "gptomni.upstream"), key=lambda s: s.attributes["gptomni.attempt"])
-    assert len(server) == 1
-    assert server[0].parent is not None and format(server[0].parent.span_id, "016x") == "00f067aa0ba902b7"
-    assert [a.attributes["gptomni.attempt"] for a in attempts] == [1, 2]
-    assert all(a.parent.span_id == server[0].context.span_id for a in attempts)
-    assert attempts[0].attributes["gptomni.credential_id"] == "env/0"
-    assert attempts[0].attributes["gptomni.outcome"] == "unauthorized"
-    assert attempts[0].status.status_code.name == "ERROR"
-    assert attempts[1].attributes["gptomni.outcome"] in ("ok", "error")
-    assert attempts[1].attributes["gptomni.ttft_ms"] >= 0
-    assert not any("cookie" in str(a.attributes).lower() for a in attempts)
-
-    relay.spans.clear()
-    http.post("/v1/chat/completions", json={"model": "nope", "messages": HELLO})
-    [error_span] = wait_for_spans(relay, "POST /v1/chat/completions")
-    assert error_span.attributes["http.status_code"] == 404
-    assert not [s for s in relay.spans.get_finished_spans() if s.name == "gptomni.upstream"]
+def test_series_a_dashboard_reads_exist_at_zero_before_any_request(make_relay: Any) -> None:
+    """rate() cannot see a series' first event, and an absent series is "No data"."""
+    relay = make_relay(cookies=[], models=["gptomni", "gptomni-pro"], api_keys=["team-a:sk-team-a-0123456789"])
+    scraped = samples(relay.metrics_text())
+    expected = [
+        *(("gptomni_requests_total", {"model": model, "status": status, "stream": stream})
+          for model in ("gptomni", "gptomni-pro") for stream in ("true", "false")
+          for status in ("200", "429", "499", "502", "503", "504")),
+        *(("gptomni_requests_total", {"model": "unknown", "status": status, "stream": "false"})
+          for status in ("400", "401", "404", "413")),
+        *(("gptomni_api_key_requests_total", {"api_key": "team-a", "status_class": c}) for c in ("2xx", "4xx", "5xx")),
+        *(("gptomni_pool_reloads_total", {"result": result}) for result in ("ok", "invalid", "missing")),
+        ("gptomni_stream_interruptions_total", {"outcome": "error"}),
+        ("gptomni_time_to_first_token_seconds_count", {"model": "gptomni-pro"}),
+        ("gptomni_request_duration_seconds_count", {"stream": "false"}),
+        ("gptomni_upstream_time_to_first_token_seconds_count", {}),
+        ("gptomni_credential_wait_seconds_count", {}),
+        ("gptomni_failovers_total", {}),
+    ]
+    for name, labels in expected:
+        assert scraped.get((name, tuple(sorted(labels.items())))) == 0, (name, labels)
+    # An empty pool is 0 healthy credentials, not no series: the alert on it can fire.
+    for state in ("healthy", "cooling", "ejected"):
+        assert scraped[("gptomni_credentials", (("state", state),))] == 0
 
 
-def wait_for_spans(relay: Harness, name: str) -> list[Any]:
-    """The server span ends just after the client has read the last byte."""
+def test_requests_are_counted_by_api_key_name_never_the_key(make_relay: Any) -> None:
+    keys = ["team-a:sk-team-a-0123456789", "team-a:sk-team-a-rotated-42", "sk-bare-key-0123456789",
+            "old:style-key-with-a-colon"]
+    relay = make_relay(api_keys=keys)
+
+    def ask(key: str, **body: Any) -> int:
+        return httpx.post(f"{relay.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "gptomni", "messages": HELLO, **body}).status_code
+
+    # Both keys of a name count under it; an entry that predates names works whole too.
+    presented = ["sk-team-a-0123456789", "sk-team-a-rotated-42", "sk-bare-key-0123456789",
+                 "old:style-key-with-a-colon", "style-key-with-a-colon"]
+    assert [ask(key) for key in presented] == [200] * 5
+    assert ask("sk-team-a-0123456789", model="nope") == 404
+    assert ask("sk-never-configured") == 401
+    assert ask("team-a") == 401  # a name is not a key
+    text = relay.metrics_text()
+    scraped = samples(text)
+    by_key = {labels: count for (name, labels), count in scraped.items() if name == "gptomni_api_key_requests_total"}
+    assert by_key == {
+        (("api_key", "team-a"), ("status_class", "2xx")): 2, (("api_key", "team-a"), ("status_class", "4xx")): 1,
+        (("api_key", "team-a"), ("status_class", "5xx")): 0,
+        (("api_key", "unnamed"), ("status_class", "2xx")): 1, (("api_key", "unnamed"), ("status_class", "4xx")): 0,
+        (("api_key", "unnamed"), ("status_class", "5xx")): 0,
+        (("api_key", "old"), ("status_class", "2xx")): 2, (("api_key", "old"), ("status_class", "4xx")): 0,
+        (("api_key", "old"), ("status_class", "5xx")): 0,
+    }
+    assert value(scraped, "gptomni_requests_total", model="unknown", status="401", stream="false") == 2
+    for key in presented:
+        assert key not in text
+
+
+def test_series_of_removed_credentials_and_key_names_are_dropped(make_relay: Any, tmp_path: Path) -> None:
+    keys = tmp_path / "api-keys"
+    keys.write_text("team-a:sk-team-a-0123456789\nteam-b:sk-team-b-0123456789\n")
+    write_pool_file(tmp_path / "pool", [{"id": "default/a", "cookie": "session=a"},
+                                        {"id": "default/b", "cookie": "session=b"}])
+    relay = make_relay(cookies=[], credentials_file=tmp_path / "pool" / "credentials.json", api_keys=[],
+                       api_keys_file=keys, credentials_poll_seconds=0.1)
+
+    def labelled(name: str, label: str) -> set[str]:
+        return {dict(labels)[label] for (sample, labels), _ in samples(relay.metrics_text()).items() if sample == name}
+
+    assert labelled("gptomni_upstream_attempts_total", "credential") == {"default/a", "default/b"}
+    assert labelled("gptomni_api_key_requests_total", "api_key") == {"team-a", "team-b"}
+    write_pool_file(tmp_path / "pool", [{"id": "default/b", "cookie": "session=b"}])
+    replacement = tmp_path / "api-keys.new"
+    replacement.write_text("team-b:sk-team-b-0123456789\n")
+    os.replace(replacement, keys)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        found = [s for s in relay.spans.get_finished_spans() if s.name == name]
-        if found:
-            return found
-        time.sleep(0.02)
-    return []
+    while time.monotonic() < deadline and not (labelled("gptomni_api_key_requests_total", "api_key") == {"team-b"}
+                                                and labelled("gptomni_credential_state", "credential") == {"default/b"}):
+        time.sleep(0.05)
+    for name in ("gptomni_upstream_attempts_total", "gptomni_credential_state", "gptomni_credential_in_flight"):
+        assert labelled(name, "credential") == {"default/b"}, name
+    assert labelled("gptomni_api_key_requests_total", "api_key") == {"team-b"}
+
+
+async def test_slot_waits_and_upstream_time_to_first_token(make_relay: Any) -> None:
+    """One slot, two requests: the second waits for the first; GPT-Omni's 0.3 s to the first
+    text is measured per attempt, apart from the relay's own time to first token."""
+    sim = SimulatorState(default=Behaviour(first_byte_delay=0.3))
+    relay = make_relay(sim=sim, default_max_concurrency=1)
+    async with relay.async_client() as client:
+        await asyncio.gather(*(client.chat.completions.create(model="gptomni", messages=HELLO) for _ in range(2)))
+    scraped = samples(relay.metrics_text())
+    assert value(scraped, "gptomni_upstream_time_to_first_token_seconds_count") == 2
+    assert value(scraped, "gptomni_upstream_time_to_first_token_seconds_bucket", le="0.25") == 0
+    assert value(scraped, "gptomni_credential_wait_seconds_count") == 2
+    # The first got the slot at once, the second waited for the first's 0.3 s and more.
+    assert value(scraped, "gptomni_credential_wait_seconds_bucket", le="0.25") == 1
+    # The client's time to first token includes the wait; GPT-Omni's does not.
+    relay_ttft = value(scraped, "gptomni_time_to_first_token_seconds_sum", model="gptomni")
+    assert relay_ttft >= value(scraped, "gptomni_upstream_time_to_first_token_seconds_sum") + 0.25
 
 
 def test_json_logs_carry_the_trace_id() -> None:
@@ -130,47 +199,85 @@ def test_json_logs_carry_the_trace_id() -> None:
     assert finished[0]["level"] == "INFO" and finished[0]["status"] == "200"
 
 
-class _OtlpSink(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP trace receiver on loopback: keeps every exported span."""
-
-    spans: ClassVar[list[Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        request = trace_service_pb2.ExportTraceServiceRequest()
-        request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
-        for resource_spans in request.resource_spans:
-            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend((service, span) for span in scope_spans.spans)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_spans_are_exported_over_otlp_when_an_endpoint_is_set() -> None:
-    """Tracing is on only with an exporter (spans cost ~1 ms a request); then the server span
-    and the upstream attempt reach the collector under the caller's trace id."""
-    trace_id = "5b8efff798038103d269b633813fc60c"
-    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    env = {"GPTOMNI_DEMO_TOKEN_DELAY_SECONDS": "0", "OTEL_SERVICE_NAME": "relay-under-test",
-           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+@contextmanager
+def otlp_receiver(workdir: Path) -> Iterator[tuple[str, Path]]:
+    """The collector stand-in (tests/otlp_receiver.py) as a process: its URL and its spans file."""
+    port_file, spans_file = workdir / "otlp.port", workdir / "spans.jsonl"
+    receiver = subprocess.Popen([sys.executable, "-m", "tests.otlp_receiver", str(port_file), str(spans_file)],
+                                cwd=REPO)
     try:
-        with relay_process("--demo", env=env) as relay:
-            response = httpx.post(
-                f"{relay.url}/v1/chat/completions", json={"model": "gptomni", "messages": HELLO, "stream": True},
-                headers={"Authorization": f"Bearer {DEMO_API_KEY}", "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
-            )
-            assert response.status_code == 200
-            deadline = time.monotonic() + 10
-            while len(_OtlpSink.spans) < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while not port_file.exists():
+            assert receiver.poll() is None and time.monotonic() < deadline, "the OTLP receiver did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text()}", spans_file
     finally:
-        sink.shutdown()
-    names = {span.name for service, span in _OtlpSink.spans
-             if service == "relay-under-test" and span.trace_id.hex() == trace_id}
-    assert {"POST /v1/chat/completions", "gptomni.upstream"} <= names
+        receiver.terminate()
+        receiver.wait(10)
+
+
+def exported_spans(spans_file: Path, trace_ids: set[str], timeout: float = 10) -> list[dict[str, Any]]:
+    """The received spans of these traces, once each has its server span (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = spans_file.read_text().splitlines() if spans_file.exists() else []
+        spans = [span for span in map(json.loads, lines) if span["trace_id"] in trace_ids]
+        if {s["trace_id"] for s in spans if s["kind"] == "SERVER"} == trace_ids or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.05)
+
+
+def test_spans_reach_a_collector_over_otlp_as_one_tree_without_secrets(tmp_path: Path, servers: BackgroundLoop) -> None:
+    """Tracing is on only with an exporter (spans cost ~1 ms a request). A relay process
+    exports over OTLP/HTTP to a collector process; as a backend sees them: a failover is one
+    server span under the caller's span with one child per attempt, the rejected attempt in
+    error; a refused request is a server span alone; no cookie or key in any attribute."""
+    cookies = ["session=alpha-SECRET-a1b2c3", "session=gamma-SECRET-d4e5f6"]
+    key, wrong_key = "sk-otel-team-a-0123456789", "sk-otel-wrong-9876543210"
+    sim = SimulatorState(accepted={cookies[1]})
+    sim_url = servers.enter(serve_app(build_simulator_app(sim))).url
+    traces = {"failover": "5b8efff798038103d269b633813fc60c", "unknown model": "0af7651916cd43dd8448eb211c80319c",
+              "wrong key": "4bf92f3577b34da6a3ce929d0e0e4736"}
+    caller_span = "b7ad6b7169203331"
+    with otlp_receiver(tmp_path) as (endpoint, spans_file):
+        env = {"GPTOMNI_UPSTREAM_URL": sim_url, "GPTOMNI_CREDENTIALS": json.dumps(cookies),
+               "GPTOMNI_API_KEYS": f"team-a:{key}", "GPTOMNI_EJECT_PROBE_SECONDS": "0",
+               "OTEL_SERVICE_NAME": "relay-under-test", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+               "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        with relay_process(env=env) as relay:
+            def chat(trace: str, bearer: str, model: str = "gptomni") -> int:
+                return httpx.post(
+                    f"{relay.url}/v1/chat/completions", json={"model": model, "messages": HELLO, "stream": True},
+                    headers={"Authorization": f"Bearer {bearer}", "traceparent": f"00-{traces[trace]}-{caller_span}-01"},
+                ).status_code
+
+            assert chat("failover", key) == 200  # the first pick is env/0, whose cookie is rejected
+            assert chat("unknown model", key, model="nope") == 404
+            assert chat("wrong key", wrong_key) == 401
+            spans = exported_spans(spans_file, set(traces.values()))
+
+    def of(trace: str) -> list[dict[str, Any]]:
+        return [span for span in spans if span["trace_id"] == traces[trace]]
+
+    [server] = [span for span in of("failover") if span["kind"] == "SERVER"]
+    attempts = sorted((s for s in of("failover") if s["name"] == "gptomni.upstream"),
+                      key=lambda s: s["attributes"]["gptomni.attempt"])
+    assert server["name"] == "POST /v1/chat/completions" and server["parent_span_id"] == caller_span
+    assert server["service"] == "relay-under-test" and server["attributes"]["http.status_code"] == 200
+    assert [(a["kind"], a["parent_span_id"]) for a in attempts] == [("INTERNAL", server["span_id"])] * 2
+    first, second = attempts
+    assert first["attributes"] == {"gptomni.credential_id": "env/0", "gptomni.attempt": 1,
+                                   "gptomni.outcome": "unauthorized"}
+    assert first["status"]["code"] == "ERROR" and first["status"]["message"]
+    assert second["attributes"]["gptomni.credential_id"] == "env/1"
+    assert second["attributes"]["gptomni.outcome"] == "ok" and second["attributes"]["gptomni.ttft_ms"] >= 0
+    assert second["status"]["code"] == "UNSET"
+    # One after the other, inside the request.
+    assert server["start_ns"] <= first["start_ns"] <= first["end_ns"] <= second["start_ns"] <= server["end_ns"]
+    for trace, status in (("unknown model", 404), ("wrong key", 401)):
+        [refused] = [span for span in of(trace) if span["kind"] == "SERVER"]
+        assert refused["attributes"]["http.status_code"] == status and refused["parent_span_id"] == caller_span
+        assert not [span for span in of(trace) if span["name"] == "gptomni.upstream"]
+    exported = json.dumps(spans)
+    for secret in [*cookies, key, wrong_key, "Bearer"]:
+        assert secret not in exported

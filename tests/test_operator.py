@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gptomni_relay.simulator import SimulatorState
+from tests.harness import sample_value
 from tests.operator_env import (
     CR_PATH,
     NS,
@@ -140,9 +141,9 @@ async def test_restarted_operator_keeps_the_pool_unchanged(kmock: Any) -> None:
         pool = await env.pool()
         assert {e["id"]: e["cookie"] for e in pool["document"]["credentials"]} == expected
         assert pool["secret"]["metadata"]["annotations"]["gptomni.io/content-hash"] == before
-        assert 'gptomni_operator_secret_writes_total{result="updated"}' not in metrics
-        assert 'gptomni_operator_secret_writes_total{result="created"}' not in metrics
-        assert 'result="created"' in writes_before
+        assert sample_value(metrics, "gptomni_operator_secret_writes_total", result="updated") == 0
+        assert sample_value(metrics, "gptomni_operator_secret_writes_total", result="created") == 0
+        assert sample_value(writes_before, "gptomni_operator_secret_writes_total", result="created") == 1
 
 
 async def test_operator_metrics(kmock: Any) -> None:
@@ -151,7 +152,8 @@ async def test_operator_metrics(kmock: Any) -> None:
         await env.create_credential("lee", "lee-cookie")
         await eventually(env.pool_cookies)
         text = await eventually(lambda: _metrics_with(env, 'gptomni_operator_checks_total{result="ok"} 1.0'))
-        assert 'gptomni_operator_healthy_credentials{namespace="default",secret="gptomni-credentials"} 1.0' in text
+        assert sample_value(text, "gptomni_operator_healthy_credentials",
+                            secret_namespace="default", secret="gptomni-credentials") == 1
         assert "gptomni_operator_check_duration_seconds_count 1.0" in text
         assert "gptomni_operator_up 1.0" in text
 

@@ -1,22 +1,17 @@
 """Every PromQL expression in the dashboard and the alert rules parses and uses only
-metric names that a running relay and a running operator really export."""
+metric names that a running relay and a running operator really export. (That the
+queries return data on a real Prometheus: tests/test_prometheus_tier.py.)"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import promql_parser
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.monitoring_files import DEFAULT_VARIABLES, alert_rules, panel_queries, variable_queries
 from tests.operator_env import ApiServerLikeEmulator, eventually, operator_env
-
-ROOT = Path(__file__).resolve().parent.parent
-FILES = ROOT / "charts" / "gptomni" / "files"
-GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$namespace": ".*"}
 
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
             "gauge": ("",), "summary": ("", "_count", "_sum", "_created")}
@@ -30,24 +25,11 @@ def exported_names(exposition: str) -> set[str]:
 
 
 def dashboard_expressions() -> list[str]:
-    dashboard = json.loads((FILES / "grafana-dashboard.json").read_text())
-    expressions = []
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            expr = target["expr"]
-            for variable, value in GRAFANA_VARIABLES.items():
-                expr = expr.replace(variable, value)
-            expressions.append(expr)
-    for variable in dashboard["templating"]["list"]:
-        query = variable.get("query")
-        if isinstance(query, dict) and query["query"].startswith("label_values("):
-            expressions.append(query["query"][len("label_values("):].split(",")[0])
-    return expressions
+    return [query.substituted(DEFAULT_VARIABLES) for query in panel_queries()] + variable_queries()
 
 
 def rule_expressions() -> list[str]:
-    rules = yaml.safe_load((FILES / "prometheus-rules.yaml").read_text())
-    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    return [rule["expr"] for rule in alert_rules()]
 
 
 def metric_names(expression: str) -> set[str]:

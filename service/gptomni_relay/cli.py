@@ -93,7 +93,7 @@ async def run(settings: RelaySettings, sock: socket.socket, metrics_sock: socket
         log.info("relay listening", extra={"url": f"http://{settings.host}:{port}/v1", "demo": settings.demo,
                                            "metrics": f"{metrics.url}/metrics", "upstream": settings.upstream_url})
         if settings.demo:
-            key = app.state.relay.api_keys[0].decode()
+            key = app.state.relay.api_keys[0].key.decode()
             print(
                 f"\n  gptomni relay (demo) on http://{settings.host}:{port}/v1   API key: {key}\n",
                 file=sys.stderr, flush=True,

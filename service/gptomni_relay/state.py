@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamTimeouts
+from gptomni_relay.api_keys import ApiKey, api_key
 from gptomni_relay.core.failover import AnswerSource, FailoverPolicy
 from gptomni_relay.core.pool import Credential, CredentialPool, Pool
 from gptomni_relay.core.pool_sources import MAX_POOL_FILE_BYTES, credentials_from_env, credentials_from_file
@@ -37,7 +38,7 @@ class ConfigurationError(RuntimeError):
 @dataclass
 class RelayState:
     settings: RelaySettings
-    api_keys: list[bytes]
+    api_keys: list[ApiKey]
     pool: Pool
     upstream: UpstreamClient
     metrics: RelayMetrics
@@ -49,7 +50,7 @@ class RelayState:
 
     def load_pool_file(self, raw: bytes) -> None:
         credentials = credentials_from_file(raw, self.settings.default_max_concurrency)
-        self.pool.replace([*self.static_credentials, *credentials])
+        self.install_pool([*self.static_credentials, *credentials])
         log.info("credentials file loaded", extra={"credentials": [c.id for c in credentials]})
 
     def load_api_keys_file(self, raw: bytes) -> None:
@@ -57,8 +58,16 @@ class RelayState:
         keys = [*self.settings.api_keys, *parse_api_keys(raw.decode("utf-8"))]
         if not keys:
             log.warning("the API key file lists no key: every request is refused until one is added")
-        self.api_keys = [key.encode("utf-8") for key in keys]
+        self.install_api_keys(keys)
         log.info("API keys loaded", extra={"keys": len(keys)})  # how many, never which
+
+    def install_pool(self, credentials: list[Credential]) -> None:
+        self.pool.replace(credentials)
+        self.metrics.track_credentials(credential.id for credential in credentials)
+
+    def install_api_keys(self, keys: list[str]) -> None:
+        self.api_keys = [api_key(key) for key in keys]
+        self.metrics.track_api_key_names(key.name for key in self.api_keys)
 
     async def start(self) -> None:
         for watcher in self.watchers:
@@ -105,7 +114,7 @@ def resolve_api_keys(settings: RelaySettings) -> list[str]:
         raise ConfigurationError(f"cannot read GPTOMNI_API_KEYS_FILE: {exc}") from None
     if not keys:
         if settings.demo:
-            return [DEMO_API_KEY]
+            return [f"demo:{DEMO_API_KEY}"]
         raise ConfigurationError(
             "no API key configured: set GPTOMNI_API_KEYS (comma list) or GPTOMNI_API_KEYS_FILE, "
             "or run the local demo with --demo"
@@ -139,7 +148,6 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None)
     keys = resolve_api_keys(settings)
     pool = build_pool(settings)
     static = credentials_from_env(settings.credentials, settings.default_max_concurrency)
-    pool.replace(static)
     upstream = UpstreamClient(
         settings.upstream_url,
         UpstreamTimeouts(
@@ -149,7 +157,7 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None)
         ),
         max_connections=settings.max_upstream_connections,
     )
-    metrics = RelayMetrics(pool.statuses, pool_mode=lambda: (pool.mode, pool.store_up))
+    metrics = RelayMetrics(pool.statuses, pool_mode=lambda: (pool.mode, pool.store_up), models=settings.models)
     answers = AnswerSource(
         pool,
         upstream,
@@ -160,7 +168,7 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None)
     )
     relay = RelayState(
         settings=settings,
-        api_keys=[key.encode("utf-8") for key in keys],
+        api_keys=[],
         pool=pool,
         upstream=upstream,
         metrics=metrics,
@@ -168,6 +176,8 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None)
         answers=answers,
         static_credentials=static,
     )
+    relay.install_api_keys(keys)
+    relay.install_pool(static)
     if settings.credentials_file is not None:
         relay.watchers.append(FileWatcher(
             settings.credentials_file, "credentials", settings.credentials_poll_seconds, MAX_POOL_FILE_BYTES,

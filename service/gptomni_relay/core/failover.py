@@ -152,12 +152,15 @@ class Failover:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            waiting_since = loop.time()
             try:
                 lease = await pool.acquire(self._tried, wait_seconds=min(policy.acquire_wait_seconds, remaining))
             except PoolUnavailable:
                 if last_error is None:
                     raise
                 break
+            finally:
+                self._source.metrics.slot_wait.observe(loop.time() - waiting_since)
             if attempt > 1:
                 self._source.metrics.failovers.inc()
             self._tried.add(lease.credential.id)
@@ -216,7 +219,9 @@ class Failover:
         except BaseException:  # a hang-up (cancellation) included: free the slot at once
             await _abandon(stack, lease, span)
             raise
-        span.set_attribute("gptomni.ttft_ms", round((time.monotonic() - started) * 1000, 1))
+        first_piece_after = time.monotonic() - started
+        span.set_attribute("gptomni.ttft_ms", round(first_piece_after * 1000, 1))
+        source.metrics.upstream_time_to_first_token.observe(first_piece_after)
         return UpstreamAnswer(lease, first, pieces, stack, span, source.metrics, source.policy)
 
     async def _final_error(self, last_error: UpstreamError | None) -> RelayError:

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from gptomni_relay.core.conversation import fold_conversation
 from gptomni_relay.core.errors import RelayError
 from gptomni_relay.core.usage import estimate_tokens
+from gptomni_relay.metrics import UNKNOWN_MODEL
 from gptomni_relay.openai_api.auth import require_api_key
 from gptomni_relay.openai_api.completion_writer import CLIENT_GONE, CompletionWriter
 from gptomni_relay.openai_api.errors import APIError, error_for
@@ -28,19 +29,17 @@ from gptomni_relay.state import RelayState
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_MODEL = "unknown"
-
 
 async def chat_completions(request: Request) -> Response:
     relay: RelayState = request.app.state.relay
     started = time.monotonic()
-    model, stream = UNKNOWN_MODEL, False
+    model, stream, key_name = UNKNOWN_MODEL, False, None
     try:
-        require_api_key(request)
+        key_name = require_api_key(request)
         body = parse_request(await read_limited_body(request, relay.settings.max_body_bytes), relay.settings.models)
         model, stream = body.model, body.stream
         prompt = fold_conversation(conversation(body))
-        writer = CompletionWriter(relay.metrics, body, estimate_tokens(prompt), started)
+        writer = CompletionWriter(relay.metrics, body, estimate_tokens(prompt), started, key_name)
         failover = relay.answers.failover(prompt)
         # Waiting for a slot, every attempt and the failover between them stop at once
         # when the client hangs up (the watch cancels this task), freeing the slot.
@@ -57,9 +56,9 @@ async def chat_completions(request: Request) -> Response:
     # Answered inside the except clauses: an error kept past them would hold this frame
     # through its traceback, a cycle only the garbage collector frees (tests/test_no_cycles.py).
     except RelayError as exc:
-        return _refuse(relay, error_for(exc), model, stream, started)
+        return _refuse(relay, error_for(exc), model, stream, started, key_name)
     except APIError as exc:
-        return _refuse(relay, exc, model, stream, started)
+        return _refuse(relay, exc, model, stream, started, key_name)
     relay.metrics.time_to_first_token.labels(model).observe(first_piece_at - started)
     if stream:
         return EventStreamResponse(writer.sse_events(answer), ping_seconds=relay.settings.sse_ping_seconds,
@@ -68,11 +67,12 @@ async def chat_completions(request: Request) -> Response:
     return writer.json_response(whole)
 
 
-def _refuse(relay: RelayState, error: APIError, model: str, stream: bool, started: float) -> Response:
+def _refuse(relay: RelayState, error: APIError, model: str, stream: bool, started: float,
+            key_name: str | None) -> Response:
     duration = time.monotonic() - started
-    relay.metrics.observe_request(model, error.status, stream, duration)
+    relay.metrics.observe_request(model, error.status, stream, duration, key_name)
     log.info("chat completion finished", extra={
-        "model": model, "stream": stream, "status": error.status, "code": error.code,
+        "model": model, "stream": stream, "status": error.status, "code": error.code, "api_key": key_name,
         "duration_ms": round(duration * 1000, 1)})
     return error.response()
 

@@ -50,7 +50,8 @@ class ContentChunkTemplate:
 
 
 class CompletionWriter:
-    def __init__(self, metrics: RelayMetrics, body: ChatCompletionRequest, prompt_tokens: int, started: float) -> None:
+    def __init__(self, metrics: RelayMetrics, body: ChatCompletionRequest, prompt_tokens: int, started: float,
+                 api_key: str) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self._metrics = metrics
@@ -58,6 +59,7 @@ class CompletionWriter:
         self._prompt_tokens = prompt_tokens
         self._started = started
         self._finished = False
+        self._api_key = api_key  # the key's name (api_keys.py), never the key
         options = body.stream_options
         self._include_usage = options is not None and options.include_usage
 
@@ -129,8 +131,8 @@ class CompletionWriter:
         """The request's end, whichever way it ended: its metrics and its log line."""
         self._finished = True
         duration = time.monotonic() - self._started
-        self._metrics.observe_request(self._body.model, status, self._body.stream, duration)
+        self._metrics.observe_request(self._body.model, status, self._body.stream, duration, self._api_key)
         log.info("chat completion finished", extra={
             "request_id": self.id, "model": self._body.model, "stream": self._body.stream, "status": status,
-            "credential": credential_id, "duration_ms": round(duration * 1000, 1),
+            "credential": credential_id, "api_key": self._api_key, "duration_ms": round(duration * 1000, 1),
         })
