@@ -62,6 +62,23 @@ def test_real_mode_says_where_it_listens_and_text_logs_keep_the_fields() -> None
     assert "upstream attempt failed" in output and "credential=env/0" in output
 
 
+def test_the_demo_never_prints_a_users_own_key_and_stays_local() -> None:
+    env = {"GPTOMNI_API_KEYS": "sk-my-own-secret-key", "GPTOMNI_DEMO": "true"}
+    with relay_process(env=env) as relay:
+        output = relay.output()
+    assert "sk-my-own-secret-key" not in output and "(from GPTOMNI_API_KEYS)" in output
+    listening = next(json.loads(line) for line in output.splitlines() if '"relay listening"' in line)
+    assert listening["url"].startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize(("variable", "value"), [("GPTOMNI_LOG_LEVEL", "LOUD"), ("GPTOMNI_UPSTREAM_URL", "gptomni.ai")])
+def test_a_bad_setting_is_a_configuration_error(variable: str, value: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTOMNI_")}
+    env.update({"GPTOMNI_API_KEYS": "sk-x", variable: value})
+    result = subprocess.run([sys.executable, "-m", "gptomni_relay"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "configuration error" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_busy_port_is_one_clear_line_and_exit_2() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

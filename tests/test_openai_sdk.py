@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from gptomni_relay.simulator import Behaviour, SimulatorState
-from tests.harness import Harness
+from tests.harness import Harness, sample_value
 
 HELLO = [{"role": "user", "content": "Hello relay"}]
 EXPECTED = "Hello from the GPT-Omni simulator! You said: Hello relay"
@@ -152,6 +152,16 @@ def test_metrics_live_on_their_own_port(relay: Harness) -> None:
     assert 'gptomni_requests_total{model="unknown",status="400",stream="false"} 1.0' in relay.metrics_text()
     assert httpx.get(relay.metrics_url.replace("/metrics", "/readyz"), timeout=10).json() == {"ready": True, "pool": "local"}
     assert httpx.get(relay.metrics_url.replace("/metrics", "/v1/models"), timeout=10).status_code == 404
+
+
+def test_refusals_outside_chat_completions_are_counted(relay: Harness) -> None:
+    http = relay.http()
+    http.get("/v1/models", headers={"Authorization": "Bearer wrong-key"})
+    http.get("/v1/nothing-here")
+    http.delete("/v1/models")
+    scraped = relay.metrics_text()
+    for status in ("401", "404", "405"):
+        assert sample_value(scraped, "gptomni_other_error_responses_total", status=status) == 1.0, status
 
 
 def test_a_trailing_slash_is_not_redirected_to_the_clients_host(relay: Harness) -> None:

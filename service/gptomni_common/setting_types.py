@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import NoDecode
 
 
@@ -17,4 +17,11 @@ def split_comma_list(value: object) -> object:
 
 # NoDecode stops pydantic-settings expecting JSON for a list.
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_comma_list)]
-BaseUrl = Annotated[str, AfterValidator(lambda url: url.rstrip("/"))]
+def _http_base_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+        raise ValueError("must be an http:// or https:// URL")
+    return url.rstrip("/")
+
+
+BaseUrl = Annotated[str, AfterValidator(_http_base_url)]
+LogLevel = Annotated[str, AfterValidator(lambda level: level.upper()), Field(pattern="(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")]

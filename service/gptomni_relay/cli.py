@@ -24,7 +24,7 @@ from gptomni_common.logging_setup import configure_logging
 from gptomni_common.redaction import describe_validation_error
 from gptomni_relay.gc_tuning import collect_young_objects_regularly, tune_gc_for_serving
 from gptomni_relay.server import bind_socket, serve_app, uvicorn_config
-from gptomni_relay.settings import RelaySettings
+from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
 from gptomni_relay.state import ConfigurationError, resolve_api_keys
 
 log = logging.getLogger("gptomni_relay")
@@ -48,11 +48,15 @@ def settings_from(args: argparse.Namespace) -> RelaySettings:
         overrides["port"] = args.port
     if args.host:
         overrides["host"] = args.host
-    elif args.demo and "GPTOMNI_HOST" not in os.environ:
-        overrides["host"] = "127.0.0.1"  # the demo key is public: keep the demo off the network
-    if args.demo and "GPTOMNI_METRICS_PORT" not in os.environ:
-        overrides["metrics_port"] = 0
-    return RelaySettings(**overrides)
+    settings = RelaySettings(**overrides)
+    if settings.demo:  # --demo or GPTOMNI_DEMO=true
+        local: dict[str, object] = {}
+        if not args.host and "GPTOMNI_HOST" not in os.environ:
+            local["host"] = "127.0.0.1"  # the demo key is public: keep the demo off the network
+        if "GPTOMNI_METRICS_PORT" not in os.environ:
+            local["metrics_port"] = 0  # never collide with a local Prometheus
+        settings = settings.model_copy(update=local)
+    return settings
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -93,7 +97,8 @@ async def run(settings: RelaySettings, sock: socket.socket, metrics_sock: socket
         log.info("relay listening", extra={"url": f"http://{settings.host}:{port}/v1", "demo": settings.demo,
                                            "metrics": f"{metrics.url}/metrics", "upstream": settings.upstream_url})
         if settings.demo:
-            key = app.state.relay.api_keys[0].key.decode()
+            # The demo key is public; a key of the user's own is never printed.
+            key = DEMO_API_KEY if not settings.api_keys and not settings.api_keys_file else "(from GPTOMNI_API_KEYS)"
             print(
                 f"\n  gptomni relay (demo) on http://{settings.host}:{port}/v1   API key: {key}\n",
                 file=sys.stderr, flush=True,

@@ -22,7 +22,7 @@ FileIdentity = tuple[str, int, int, int]
 def file_identity(path: Path) -> FileIdentity | None:
     try:
         stat = os.stat(path)  # follows the ..data symlinks
-    except FileNotFoundError:
+    except OSError:  # missing, a dangling or looping link, no permission: not there to read
         return None
     return (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
 

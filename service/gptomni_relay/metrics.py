@@ -133,6 +133,10 @@ class RelayMetrics:
         self.stream_interruptions = Counter(
             "gptomni_stream_interruptions", "Answers that broke after the first byte", ["outcome"], registry=r
         )
+        self.other_errors = Counter(
+            "gptomni_other_error_responses", "Error responses outside chat completions (those are gptomni_requests)",
+            ["status"], registry=r,
+        )
         self.pool_reloads = Counter("gptomni_pool_reloads", "Pool file reloads by result", ["result"], registry=r)
         self.prompt_tokens = Counter("gptomni_prompt_tokens", "Estimated prompt tokens", ["model"], registry=r)
         self.completion_tokens = Counter("gptomni_completion_tokens", "Estimated completion tokens", ["model"], registry=r)

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gptomni_common.pool_file import check_cookie_value
-from gptomni_common.setting_types import BaseUrl, CommaList
+from gptomni_common.setting_types import BaseUrl, CommaList, LogLevel
 from gptomni_relay.file_watch import read_bounded
 from gptomni_relay.http_guard import HttpLimits
 
@@ -100,7 +100,7 @@ class RelaySettings(BaseSettings):
     # A streaming client that takes nothing for this long is treated as gone (its slot freed).
     client_write_timeout_seconds: float = Field(60.0, gt=0)
 
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
 
     def http_limits(self) -> HttpLimits:

@@ -106,13 +106,21 @@ def error_for(exc: RelayError) -> APIError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Errors outside the chat route (which answers and counts its own): a wrong key on
+    /v1/models, an unknown URL, a wrong method, an internal error. Each is counted, so
+    key guessing and bugs show on the dashboard whichever route they hit."""
+
+    def answer(request: Request, error: APIError) -> JSONResponse:
+        request.app.state.relay.metrics.other_errors.labels(str(error.status)).inc()
+        return error.response()
+
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return answer(request, exc)
 
     @app.exception_handler(RelayError)
-    async def _relay_error(_: Request, exc: RelayError) -> JSONResponse:
-        return error_for(exc).response()
+    async def _relay_error(request: Request, exc: RelayError) -> JSONResponse:
+        return answer(request, error_for(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -122,9 +130,9 @@ def install_error_handlers(app: FastAPI) -> None:
             error = APIError(405, f"Method {request.method} is not allowed on {request.url.path}", code="method_not_allowed")
         else:
             error = APIError(exc.status_code, str(exc.detail))
-        return error.response()
+        return answer(request, error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"path": request.url.path})
-        return APIError(500, "The relay hit an internal error.", code="internal_error").response()
+        return answer(request, APIError(500, "The relay hit an internal error.", code="internal_error"))
