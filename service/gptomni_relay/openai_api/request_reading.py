@@ -30,8 +30,8 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
             if len(body) > limit:
                 raise _too_large(limit)
     except ClientDisconnect:
-        # Nobody will read the answer; say so in the logs and metrics, not as a crash.
-        raise APIError(400, "The client disconnected while sending the request body.", code="client_disconnected") from None
+        # Nobody will read the answer; counted as a hang-up (nginx's 499), not as a bad request.
+        raise APIError(499, "The client disconnected while sending the request body.", code="client_disconnected") from None
     return bytes(body)
 
 
