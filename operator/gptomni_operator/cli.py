@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 import kopf
@@ -11,8 +12,17 @@ from pydantic import ValidationError
 
 from gptomni_common.logging_setup import configure_logging
 from gptomni_operator.handlers import register
+from gptomni_operator.memo import CredentialMemo
 from gptomni_operator.settings import OperatorSettings
 from gptomni_operator.state import OperatorState
+
+# kopf logs each run of a handler at INFO. These two run on every event of every Secret
+# and credential it watches, replays included: a line each would drown the log.
+_ROUTINE = frozenset(f"Handler '{handler}' succeeded." for handler in ("secret_changed", "credential_changed"))
+
+
+def quiet_routine_handlers(record: logging.LogRecord) -> bool:
+    return not (record.levelno <= logging.INFO and record.getMessage() in _ROUTINE)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,15 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gptomni-operator: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, "json")
+    logging.getLogger("kopf.objects").addFilter(quiet_routine_handlers)
     registry = kopf.OperatorRegistry()
     register(registry, OperatorState(settings))
-    asyncio.run(kopf.operator(
-        registry=registry,
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        standalone=not settings.peering,
-        liveness_endpoint=args.liveness,
-    ))
+    try:
+        asyncio.run(kopf.operator(
+            registry=registry,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            standalone=not settings.peering,
+            liveness_endpoint=args.liveness,
+            memo=CredentialMemo(),
+        ))
+    except Exception as exc:  # kopf has logged the cause (e.g. a failed start-up activity)
+        logging.getLogger("gptomni_operator").error("operator stopped", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return 1
     return 0
 
 

@@ -1,26 +1,31 @@
 """kopf handlers for GPTOmniCredential, registered into a given registry.
 
-Each credential gets a daemon that checks its cookie, records the verdict and syncs
-its pool Secret, then sleeps until the next check is due, or until something wakes it:
-a spec change, or a change of the cookie Secret it references (found through a kopf
-index from Secret to the daemons' wake-up events).
+- The **judge** (a daemon per credential, judge.py) checks the cookie and writes the
+  Healthy verdict, then sleeps until the next check is due or something wakes it: a spec
+  change (a new generation) or a cookie Secret whose value differs from the one judged.
+- The **publisher** of each (namespace, pool Secret) (publisher.py) writes the pool from
+  the `pool_members` index whenever a member's part in it changes, and writes Ready.
+- Two indexes carry what both need, so neither lists or re-reads credentials:
+  `pool_members` (namespace, pool Secret) -> members; `cookie_uses` (namespace, cookie
+  Secret) -> the credentials that read it, with the digest each judged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
-from gptomni_common.upstream import UpstreamClient
 from gptomni_operator import FINALIZER, GROUP, PLURAL, VERSION
-from gptomni_operator.kube import KubeApi, make_api_client
-from gptomni_operator.pool_secret import PoolSecretWriter
-from gptomni_operator.reconcile import check_and_sync, cookie_digest
-from gptomni_operator.spec import CredentialSpec
+from gptomni_operator.judge import first_check_in, judge
+from gptomni_operator.members import CookieUse, Member, credential_id
+from gptomni_operator.memo import CredentialMemo
+from gptomni_operator.publisher import MembersIndex, secret_identity
+from gptomni_operator.spec import SecretKeyRef
 from gptomni_operator.state import OperatorState
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ async def _sleep_until(delay: float, wake: asyncio.Event, stopped: kopf.DaemonSt
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     config = state.settings
+    default_target = config.default_target_secret
 
     @kopf.on.startup(registry=registry, id="start")
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -48,9 +54,18 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         if config.peering:
             settings.peering.name = config.peering
             settings.peering.mandatory = True
-        state.upstream = UpstreamClient(config.upstream_url)
-        state.kube = KubeApi(await make_api_client(config))
-        state.writer = PoolSecretWriter(state.kube, state.metrics)
+            # kopf pauses all operators of a peering that share a priority: draw one.
+            settings.peering.priority = (config.peering_priority if config.peering_priority is not None
+                                         else random.SystemRandom().randint(1, 2**31 - 1))
+        await state.start()
+        if config.peering:
+            # Without its peering object kopf idles silently, every replica alike.
+            missing = await state.running().kube.missing_peerings(config.peering, config.namespaces)
+            if missing:
+                await state.stop()  # kopf runs no clean-up after a failed start-up
+                raise kopf.PermanentError(
+                    f"peering {config.peering!r} is not set up: no {', '.join(missing)}. Install kopf's peering "
+                    "CRDs (kopf.dev/v1) and create it, or run without --peering")
         if config.metrics_port:
             start_http_server(config.metrics_port, registry=state.metrics.registry)
         state.metrics.up.set(1)
@@ -58,75 +73,98 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     @kopf.on.cleanup(registry=registry, id="stop")
     async def stop(**_: Any) -> None:
         state.metrics.up.set(0)
-        if state.upstream is not None:
-            await state.upstream.aclose()
-        if state.kube is not None:
-            await state.kube.close()
+        await state.stop()
 
     @kopf.on.login(registry=registry, id="login")
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        if config.kube_server:
-            return kopf.ConnectionInfo(server=config.kube_server, insecure=True, scheme="Bearer",
-                                       token=config.kube_token)
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    @kopf.index(*CRD, registry=registry, id="credentials_by_cookie_secret")
-    def credentials_by_cookie_secret(namespace: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
-        ref = (spec.get("cookieSecretRef") or {}).get("name")
-        return {(namespace, ref): memo} if ref else {}
+    @kopf.index(*CRD, registry=registry, id="pool_members")
+    def pool_members(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Member]:
+        member = Member.of(body, default_target)
+        return {(member.namespace, member.target): member}
 
-    @kopf.on.event("v1", "secrets", registry=registry, id="cookie_secret_changed")
-    def cookie_secret_changed(type: str | None, namespace: str, name: str, body: kopf.Body,
-                              credentials_by_cookie_secret: kopf.Index[Any, Any], **_: Any) -> None:
-        for memo in credentials_by_cookie_secret.get((namespace, name), []):
-            if getattr(memo, "wake", None) is None:
-                continue
-            key = getattr(memo, "cookie_key", "cookie")
-            memo.seen_digest = cookie_digest(None if type == "DELETED" else (body.get("data") or {}).get(key))
-            memo.wake.set()
+    @kopf.index(*CRD, registry=registry, id="cookie_uses")
+    def cookie_uses(body: kopf.Body, memo: CredentialMemo, **_: Any) -> dict[tuple[str, str], CookieUse]:
+        member = Member.of(body, default_target)
+        if member.cookie_ref is None:
+            return {}
+        use = CookieUse(member.cookie_ref.key, member.cookie_digest, member.suspended, memo)
+        return {(member.namespace, member.cookie_ref.name): use}
 
-    @kopf.daemon(*CRD, registry=registry, id="health_loop", cancellation_timeout=10)
-    async def health_loop(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-                          logger: logging.Logger, **_: Any) -> None:
+    def publish_soon(namespace: str, targets: set[str | None], members: MembersIndex) -> None:
+        for target in targets - {None}:
+            state.running().publishers.of(namespace, target, members).request()  # type: ignore[arg-type]
+
+    @kopf.on.event(*CRD, registry=registry, id="credential_changed")
+    async def credential_changed(type: str | None, body: kopf.Body, memo: CredentialMemo,
+                                 pool_members: MembersIndex, **_: Any) -> None:
+        member = Member.of(body, default_target)
+        before = memo.member
+        if type == "DELETED":
+            publish_soon(member.namespace, {member.target, member.published_target}, pool_members)
+            return
+        if memo.seen_generation is not None and member.generation != memo.seen_generation:
+            log.debug("spec changed: checking now", extra={"credential": member.id, "generation": member.generation})
+            memo.wake.set()  # a spec change is judged at once
+        memo.seen_generation = member.generation
+        if before is None or before.publication() != member.publication():
+            # The old target too: a credential moved elsewhere leaves its old pool.
+            publish_soon(member.namespace, {member.target, member.published_target,
+                                            before.target if before else None}, pool_members)
+        memo.member = member
+
+    @kopf.on.event("v1", "secrets", registry=registry, id="secret_changed")
+    async def secret_changed(type: str | None, namespace: str, name: str, body: kopf.Body,
+                             cookie_uses: kopf.Index[tuple[str, str], CookieUse],
+                             pool_members: MembersIndex, **_: Any) -> None:
+        data = None if type == "DELETED" else dict(body.get("data") or {})
+        if (namespace, name) in cookie_uses:
+            cookies = state.running().cookies
+            for use in cookie_uses[(namespace, name)]:
+                ref = SecretKeyRef(name=name, key=use.key)
+                digest = cookies.observe(namespace, ref, data)
+                if not use.suspended:
+                    use.memo.cookie_seen(digest, use.judged_digest)
+        publisher = state.running().publishers.known(namespace, name)
+        if publisher is not None:
+            metadata = body.get("metadata") or {}
+            seen = None if data is None else secret_identity(metadata.get("labels"), metadata.get("annotations"))
+            if seen != publisher.seen:  # someone else edited, replaced or deleted the pool
+                publisher.members = pool_members
+                publisher.request()
+
+    @kopf.daemon(*CRD, registry=registry, id="judge", cancellation_timeout=10)
+    async def judge_loop(body: kopf.Body, memo: CredentialMemo, stopped: kopf.DaemonStopped,
+                         logger: logging.Logger, **_: Any) -> None:
         loop = asyncio.get_running_loop()
-        memo.wake = asyncio.Event()
-        memo.spec_changed = False
-        due = loop.time()
+        due = loop.time() + first_check_in(body)
         while not stopped:
-            # A watch (re)start replays ADDED events for Secrets already judged: only a
-            # value different from the one last checked counts as a change.
-            secret_changed = getattr(memo, "seen_digest", None) not in (None, getattr(memo, "cookie_digest", None))
-            if loop.time() >= due or memo.spec_changed or secret_changed:
-                memo.spec_changed = False
-                try:
-                    outcome = await check_and_sync(state, body, logger)
-                    memo.cookie_key, memo.cookie_digest = outcome.cookie_key, outcome.cookie_digest
-                    due = loop.time() + outcome.next_check_in
-                except (kopf.TemporaryError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:  # the API blipped: try again soon, never die
-                    state.metrics.reconcile_errors.labels("check").inc()
-                    logger.warning(f"reconcile failed, retrying: {type(exc).__name__}: {exc}")
-                    due = loop.time() + config.failure_backoff_base_seconds
-            memo.wake.clear()
             await _sleep_until(max(0.0, due - loop.time()), memo.wake, stopped)
-
-    @kopf.on.update(*CRD, field="spec", registry=registry, id="spec_changed")
-    async def spec_changed(namespace: str, name: str, old: Any, new: Any, memo: kopf.Memo, **_: Any) -> None:
-        if getattr(memo, "wake", None) is not None:
-            memo.spec_changed = True
-            memo.wake.set()
-        old_target = (old or {}).get("targetSecret", "gptomni-credentials")
-        new_target = (new or {}).get("targetSecret", "gptomni-credentials")
-        if old_target != new_target:
-            _, _, writer = state.ready()
-            await writer.sync(namespace, old_target, overrides={name: False})
+            if stopped:
+                break
+            memo.wake.clear()
+            memo.pass_started()
+            judged = None
+            try:
+                delay, judged = await judge(state, body, logger)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the API blipped: try again soon, never die
+                state.metrics.reconcile_errors.labels("check").inc()
+                logger.warning(f"check failed, retrying: {type(exc).__name__}: {exc}")
+                delay = config.failure_backoff_base_seconds
+            finally:
+                memo.pass_ended(judged)
+            due = loop.time() + delay
 
     @kopf.on.delete(*CRD, registry=registry, id="remove_from_pool")
-    async def remove_from_pool(namespace: str, name: str, body: kopf.Body, **_: Any) -> None:
-        _, _, writer = state.ready()
-        try:
-            target = CredentialSpec.of(body).target_secret
-        except ValueError:
-            return
-        await writer.sync(namespace, target, overrides={name: False})
+    async def remove_from_pool(body: kopf.Body, pool_members: MembersIndex, **_: Any) -> None:
+        member = Member.of(body, default_target)
+        for target in {member.target, member.published_target} - {None}:
+            try:
+                published = await state.running().publishers.of(member.namespace, target, pool_members).publish()  # type: ignore[arg-type]
+            except Exception as exc:
+                raise kopf.TemporaryError(f"could not update pool Secret {target}: {exc}", delay=2) from exc
+            if credential_id(member.namespace, member.name) in published.ids:
+                raise kopf.TemporaryError(f"still in pool Secret {target}", delay=1)

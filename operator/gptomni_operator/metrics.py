@@ -14,7 +14,8 @@ from gptomni_common.upstream import Outcome
 
 CHECK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 SECRET_WRITE_RESULTS = ("created", "updated", "unchanged")
-RECONCILE_STAGES = ("check", "target_conflict")
+RECONCILE_STAGES = ("check", "publish", "target_conflict")
+CONFLICT_RESOURCES = ("credential", "secret")
 
 
 class OperatorMetrics:
@@ -36,6 +37,10 @@ class OperatorMetrics:
         self.reconcile_errors = Counter(
             "gptomni_operator_reconcile_errors", "Failures while checking or writing", ["stage"], registry=r
         )
+        self.conflicts = Counter(
+            "gptomni_operator_conflicts", "Writes refused with 409 Conflict (another writer came first) and retried",
+            ["resource"], registry=r,
+        )
         self.up = Gauge("gptomni_operator_up", "1 while the operator runs", registry=r)
         for outcome in Outcome:
             self.checks.labels(outcome.value)
@@ -43,3 +48,5 @@ class OperatorMetrics:
             self.secret_writes.labels(result)
         for stage in RECONCILE_STAGES:
             self.reconcile_errors.labels(stage)
+        for resource in CONFLICT_RESOURCES:
+            self.conflicts.labels(resource)

@@ -20,7 +20,7 @@ def parse_duration(text: str) -> float:
 
 
 class SecretKeyRef(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", frozen=True)
     name: str
     key: str = "cookie"
 
@@ -44,7 +44,9 @@ class CredentialSpec(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     cookie_secret_ref: SecretKeyRef = Field(alias="cookieSecretRef")
-    target_secret: str = Field("gptomni-credentials", alias="targetSecret")
+    # No default here nor in the CRD: an unset target is the operator's
+    # default_target_secret (see target()), so the chart's poolSecret.name applies.
+    target_secret: str | None = Field(None, alias="targetSecret")
     weight: int = Field(1, ge=1)
     max_concurrency: int = Field(8, ge=1, alias="maxConcurrency")
     suspend: bool = False
@@ -53,3 +55,12 @@ class CredentialSpec(BaseModel):
     @classmethod
     def of(cls, body: Any) -> CredentialSpec:
         return cls.model_validate(dict(body.get("spec") or {}))
+
+    def target(self, default: str) -> str:
+        """The pool Secret this credential is published into."""
+        return self.target_secret or default
+
+
+def target_of(body: Any, default: str) -> str:
+    """The pool Secret of a credential whose spec may not even parse (its status says why)."""
+    return (body.get("spec") or {}).get("targetSecret") or default

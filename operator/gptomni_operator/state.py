@@ -1,25 +1,46 @@
-"""OperatorState: the one place that holds the operator's clients and metrics."""
+"""OperatorState: the one place that holds the operator's settings, metrics and, once
+kopf has started it, its clients, cookie cache and publishers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from gptomni_common.upstream import UpstreamClient
-from gptomni_operator.kube import KubeApi
+from gptomni_operator.cookies import CookieCache
+from gptomni_operator.kube import KubeApi, make_api_client
 from gptomni_operator.metrics import OperatorMetrics
-from gptomni_operator.pool_secret import PoolSecretWriter
+from gptomni_operator.publisher import Publishers
 from gptomni_operator.settings import OperatorSettings
+
+
+@dataclass(frozen=True)
+class Running:
+    upstream: UpstreamClient
+    kube: KubeApi
+    cookies: CookieCache
+    publishers: Publishers
 
 
 @dataclass
 class OperatorState:
     settings: OperatorSettings
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    upstream: UpstreamClient | None = None
-    kube: KubeApi | None = None
-    writer: PoolSecretWriter | None = None
+    _running: Running | None = None
 
-    def ready(self) -> tuple[UpstreamClient, KubeApi, PoolSecretWriter]:
-        if self.upstream is None or self.kube is None or self.writer is None:
+    async def start(self) -> None:
+        kube = KubeApi(await make_api_client(), self.metrics)
+        cookies = CookieCache()
+        publishers = Publishers(kube, cookies, self.metrics, retry_base_seconds=min(self.settings.failure_backoff_base_seconds, 5.0))
+        self._running = Running(UpstreamClient(self.settings.upstream_url), kube, cookies, publishers)
+
+    async def stop(self) -> None:
+        running, self._running = self._running, None
+        if running is not None:
+            await running.publishers.close()
+            await running.upstream.aclose()
+            await running.kube.close()
+
+    def running(self) -> Running:
+        if self._running is None:
             raise RuntimeError("operator used before start-up finished")
-        return self.upstream, self.kube, self.writer
+        return self._running

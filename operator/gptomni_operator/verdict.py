@@ -22,15 +22,22 @@ class Verdict:
     reason: str
     message: str
     transient: bool = False  # a network-level failure that does not prove the cookie bad
+    # An unhealthy verdict that counts as a failure: re-checked sooner, counted in
+    # consecutiveFailures. A suspended credential has not failed.
+    failure: bool = True
 
     @property
     def event_type(self) -> str:
         return "Normal" if self.healthy else "Warning"
 
+    @property
+    def failed(self) -> bool:
+        return not self.healthy and self.failure
+
 
 HEALTHY = Verdict(True, "CheckPassed", "GPT-Omni answered the health-check prompt")
 CHECK_DISABLED = Verdict(True, "CheckDisabled", "health checks are disabled; the cookie is trusted as is")
-SUSPENDED = Verdict(False, "Suspended", "spec.suspend is true; the cookie is kept out of the pool")
+SUSPENDED = Verdict(False, "Suspended", "spec.suspend is true; the cookie is kept out of the pool", failure=False)
 
 _BY_OUTCOME = {
     Outcome.UNAUTHORIZED: ("CookieRejected", False),
@@ -68,19 +75,18 @@ def was_healthy(status: dict[str, Any]) -> bool | None:
 
 @dataclass(frozen=True)
 class StatusUpdate:
-    status: dict[str, Any]
-    in_pool: bool
+    status: dict[str, Any]  # the fields to merge into the status
     transitioned: bool
     effective: Verdict
     next_check_in: float
 
 
-def _rfc3339(moment: datetime) -> str:
+def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str, previous: dict[str, Any] | None,
-               now: datetime, generation: int | None) -> dict[str, Any]:
+def make_condition(kind: str, ok: bool, reason: str, message: str, previous: dict[str, Any] | None,
+                   now: datetime, generation: int | None) -> dict[str, Any]:
     status = "True" if ok else "False"
     changed = previous is None or previous.get("status") != status
     return {
@@ -88,9 +94,18 @@ def _condition(kind: str, ok: bool, reason: str, message: str, previous: dict[st
         "status": status,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": _rfc3339(now) if changed else previous.get("lastTransitionTime", _rfc3339(now)),
+        "lastTransitionTime": rfc3339(now) if changed else previous.get("lastTransitionTime", rfc3339(now)),
         "observedGeneration": generation,
     }
+
+
+def with_condition(conditions: list[dict[str, Any]] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conditions with `new` replacing the one of its type (a status patch replaces the whole list)."""
+    kept = [dict(item) for item in conditions or [] if item.get("type") != new["type"]]
+    return sorted([*kept, new], key=lambda item: CONDITION_ORDER.get(item.get("type"), len(CONDITION_ORDER)))
+
+
+CONDITION_ORDER = {"Healthy": 0, "Ready": 1}
 
 
 def next_status(
@@ -103,12 +118,14 @@ def next_status(
     backoff_base_seconds: float,
     jitter_fraction: float,
     latency_ms: int | None,
+    cookie_digest: str | None,
     now: datetime | None = None,
     rng: random.Random | None = None,
 ) -> StatusUpdate:
+    """The judge's part of the status (Healthy and the check fields); Ready is the publisher's."""
     now = now or datetime.now(UTC)
     rng = rng or random.Random()
-    failures = 0 if verdict.healthy else int(previous.get("consecutiveFailures") or 0) + 1
+    failures = int(previous.get("consecutiveFailures") or 0) + 1 if verdict.failed else 0
     effective = verdict
     before = was_healthy(previous)
     if verdict.transient and before is not None and failures < transient_threshold:
@@ -117,30 +134,27 @@ def next_status(
         effective = Verdict(before, old.get("reason", "CheckPassed"),
                             f"{verdict.reason} ({failures}/{transient_threshold}) kept the previous verdict: {verdict.message}",
                             transient=True)
-    if verdict.healthy or verdict.reason in ("Suspended",):
-        delay = interval_seconds
-    else:
+    if verdict.failed:
         # Re-check sooner than the interval after a failure, backing off towards it.
         delay = min(interval_seconds, backoff_base_seconds * 2 ** max(0, failures - 1))
+    else:
+        delay = interval_seconds
     delay *= 1 + rng.uniform(-jitter_fraction, jitter_fraction)
 
-    healthy_condition = _condition("Healthy", effective.healthy, effective.reason, effective.message,
-                                   condition(previous, "Healthy"), now, generation)
-    ready_message = "in the pool" if effective.healthy else f"kept out of the pool: {effective.reason}"
-    ready_condition = _condition("Ready", effective.healthy, "InPool" if effective.healthy else "NotInPool",
-                                 ready_message, condition(previous, "Ready"), now, generation)
+    healthy_condition = make_condition("Healthy", effective.healthy, effective.reason, effective.message,
+                                       condition(previous, "Healthy"), now, generation)
     status: dict[str, Any] = {
-        "conditions": [healthy_condition, ready_condition],
+        "conditions": with_condition(previous.get("conditions"), healthy_condition),
         "consecutiveFailures": failures,
-        "lastCheckTime": _rfc3339(now),
-        "nextCheckTime": _rfc3339(now + timedelta(seconds=delay)),
+        "lastCheckTime": rfc3339(now),
+        "nextCheckTime": rfc3339(now + timedelta(seconds=delay)),
         "observedGeneration": generation,
+        "cookieDigest": cookie_digest,  # None removes it: no usable cookie was judged
     }
     if latency_ms is not None:
         status["lastLatencyMs"] = latency_ms
     return StatusUpdate(
         status=status,
-        in_pool=effective.healthy,
         transitioned=before != effective.healthy or (condition(previous, "Healthy") or {}).get("reason") != effective.reason,
         effective=effective,
         next_check_in=delay,
