@@ -32,3 +32,30 @@ def make_relay(servers: BackgroundLoop) -> Iterator[Callable[..., Harness]]:
 @pytest.fixture
 def relay(make_relay: Callable[..., Harness]) -> Harness:
     return make_relay()
+
+
+@pytest.fixture(scope="session")
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The real-API-server tier's etcd + kube-apiserver, one per session (tests/apiserver.py)."""
+    from tests.apiserver import ApiServer
+    from tests.operator_apiserver_env import IDENTITIES
+
+    server = ApiServer(tmp_path_factory.mktemp("apiserver"), list(IDENTITIES.values()))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(apiserver: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The API server plus a GPT-Omni simulator that outlives each test's event loop."""
+    from tests.operator_apiserver_env import Cluster, start_simulator
+
+    loop = BackgroundLoop()
+    try:
+        simulator = start_simulator(loop)
+        yield Cluster(apiserver, simulator.sim, simulator.url, tmp_path_factory.mktemp("releases"))
+    finally:
+        loop.close()
