@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import ssl
 import subprocess
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from tests.kube_client import write_kubeconfig
-from tests.processes import free_port
+from tests.processes import end_process, free_port
 from tests.system_parts import require_binary
 
 PROVISION_STEP = "10-kube-apiserver.sh"
@@ -59,16 +58,6 @@ def _wait(what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes]
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{what} not ready within {timeout}s:\n{log.read_text()[-4000:]}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def _openssl(*args: str) -> None:
@@ -139,5 +128,5 @@ class ApiServer:
 
     def stop(self) -> None:
         for process in reversed(self._processes):  # the API server first, then its etcd
-            _stop(process)
+            end_process(process, process.terminate, timeout=20)
         self._processes.clear()

@@ -82,11 +82,9 @@ class KubeClient:
     def in_namespace(self, namespace: str) -> KubeClient:
         return replace(self, namespace=namespace)
 
-    def as_user(self, token: str) -> KubeClient:
-        return replace(self, token=token)
-
     @property
     def credentials_path(self) -> str:
+        """The REST collection of this namespace's GPTOmniCredentials (append /NAME for one)."""
         return f"{CRD_API}/namespaces/{self.namespace}/gptomnicredentials"
 
     @property
@@ -143,6 +141,11 @@ class KubeClient:
         status, answer = await self.create_credential(name, secret, **spec)
         assert status in (200, 201), answer
         return answer
+
+    async def add_cookie_credential(self, name: str, **spec: Any) -> dict[str, Any]:
+        """A cookie Secret `<name>-cookie` holding `session=<name>`, and a credential `name` reading it."""
+        await self.put_cookie_secret(f"{name}-cookie", f"session={name}")
+        return await self.add_credential(name, f"{name}-cookie", **spec)
 
     async def patch_credential(self, name: str, spec: dict[str, Any]) -> Any:
         return await self.ok("PATCH", f"{self.credentials_path}/{name}", {"spec": spec}, MERGE_PATCH)

@@ -30,7 +30,7 @@ from tests.apiserver import ADMIN, ApiServer, Identity
 from tests.chart_render import CHART, by_kind, render
 from tests.harness import BackgroundLoop
 from tests.kube_client import KubeClient, eventually
-from tests.processes import free_port
+from tests.processes import end_process, free_port
 
 CRD = yaml.safe_load((CHART / "crds" / "gptomnicredentials.yaml").read_text())
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
@@ -92,13 +92,7 @@ class OperatorProcess:
             return ""
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        end_process(self.process, lambda: self.process.send_signal(sig))
         return self.process.returncode
 
 

@@ -85,8 +85,7 @@ async def test_apiserver_credential_is_checked_and_published(kube: KubeClient) -
 
 async def test_apiserver_printer_columns_in_the_servers_table(kube: KubeClient) -> None:
     """What `kubectl get gptomnicredentials` (and `-o wide`) prints, from the server's Table."""
-    await kube.put_cookie_secret("bea-cookie", "session=bea")
-    await kube.add_credential("bea", "bea-cookie", targetSecret="pool-bea")
+    await kube.add_cookie_credential("bea", targetSecret="pool-bea")
     await eventually(lambda: kube.condition_is("bea", "Ready", "True"), WAIT)
     status, table = await kube.request("GET", kube.credentials_path, accept=TABLE)
     assert status == 200 and table["kind"] == "Table"
@@ -132,8 +131,7 @@ async def test_apiserver_unknown_fields_are_pruned_and_status_only_moves_through
 async def test_apiserver_rapid_spec_edits_end_observed(kube: KubeClient, shared: tuple[Release, OperatorProcess]
                                                        ) -> None:
     ns = kube.namespace
-    await kube.put_cookie_secret("dot-cookie", "session=dot")
-    await kube.add_credential("dot", "dot-cookie")
+    await kube.add_cookie_credential("dot")
     await eventually(lambda: kube.condition_is("dot", "Ready", "True"), WAIT)
     for weight in range(2, 12):  # ten edits, as fast as the server takes them
         await kube.patch_credential("dot", {"weight": weight})
@@ -168,34 +166,42 @@ async def _hammer(stop: asyncio.Event, kube: KubeClient, path: str, field: str) 
     return edits
 
 
-async def test_apiserver_conflicting_edits_of_a_credential_are_retried_and_nothing_is_lost(
-        kube: KubeClient, shared: tuple[Release, OperatorProcess]) -> None:
-    ns = kube.namespace
-    await kube.put_cookie_secret("eve-cookie", "session=eve")
-    await kube.add_credential("eve", "eve-cookie")
-    await eventually(lambda: kube.condition_is("eve", "Ready", "True"), WAIT)
-    before = sample_value(await operator_metrics(kube, shared), "gptomni_operator_conflicts_total", resource="credential")
+async def _edit_under_contention(kube: KubeClient, shared: tuple[Release, OperatorProcess], credential: str,
+                                 resource: str, hammered: str, field: str) -> tuple[int, set[str]]:
+    """Three editors change `hammered`'s metadata `field` as fast as they can while the
+    credential's weight is edited, each edit making the operator write; this goes on
+    until the operator reports a 409 Conflict on `resource`. Returns the last weight and
+    the values the editors wrote."""
+    before = sample_value(await operator_metrics(kube, shared), "gptomni_operator_conflicts_total", resource=resource)
     stop = asyncio.Event()
-    hammers = [asyncio.create_task(_hammer(stop, kube, f"{kube.credentials_path}/eve", "labels")) for _ in range(3)]
+    hammers = [asyncio.create_task(_hammer(stop, kube, hammered, field)) for _ in range(3)]
     weight = 1
     try:
-        # Each spec edit makes the operator write status while the labels keep changing
-        # under it; go on until at least one of its writes has been refused.
         async def conflicted() -> bool:
             nonlocal weight
             weight += 1
-            await kube.patch_credential("eve", {"weight": weight})
+            await kube.patch_credential(credential, {"weight": weight})
             await asyncio.sleep(0.3)
             metrics = await operator_metrics(kube, shared)
-            return sample_value(metrics, "gptomni_operator_conflicts_total", resource="credential") > before
+            return sample_value(metrics, "gptomni_operator_conflicts_total", resource=resource) > before
 
         await eventually(conflicted, 60)
     finally:
         stop.set()
         edits = await asyncio.gather(*hammers)
+    return weight, {str(count) for count in edits}
+
+
+async def test_apiserver_conflicting_edits_of_a_credential_are_retried_and_nothing_is_lost(
+        kube: KubeClient, shared: tuple[Release, OperatorProcess]) -> None:
+    ns = kube.namespace
+    await kube.add_cookie_credential("eve")
+    await eventually(lambda: kube.condition_is("eve", "Ready", "True"), WAIT)
+    weight, written = await _edit_under_contention(kube, shared, "eve", "credential", f"{kube.credentials_path}/eve",
+                                                   "labels")
     body = await eventually(lambda: _observed(kube, "eve"), WAIT)
     assert body["spec"]["weight"] == weight
-    assert body["metadata"]["labels"]["gptomni.test/hammer"] in {str(n) for n in edits}
+    assert body["metadata"]["labels"]["gptomni.test/hammer"] in written
     assert await eventually(lambda: _pool_with_weight(kube, f"{ns}/eve", weight), WAIT)
     assert healthy_condition(body)["status"] == "True" and condition_of(body, "Ready")["status"] == "True"
 
@@ -210,38 +216,20 @@ async def _observed(kube: KubeClient, name: str) -> dict[str, Any] | None:
 async def test_apiserver_conflicting_edits_of_the_pool_secret_are_retried_and_nothing_is_lost(
         kube: KubeClient, shared: tuple[Release, OperatorProcess]) -> None:
     ns = kube.namespace
-    await kube.put_cookie_secret("fin-cookie", "session=fin")
-    await kube.add_credential("fin", "fin-cookie")
+    await kube.add_cookie_credential("fin")
     await eventually(lambda: kube.pool_is({f"{ns}/fin": "session=fin"}), WAIT)
-    before = sample_value(await operator_metrics(kube, shared), "gptomni_operator_conflicts_total", resource="secret")
-    stop = asyncio.Event()
-    hammers = [asyncio.create_task(_hammer(stop, kube, f"{kube.secrets_path}/gptomni-credentials", "annotations"))
-               for _ in range(3)]
-    weight = 1
-    try:
-        async def conflicted() -> bool:
-            nonlocal weight
-            weight += 1
-            await kube.patch_credential("fin", {"weight": weight})
-            await asyncio.sleep(0.3)
-            metrics = await operator_metrics(kube, shared)
-            return sample_value(metrics, "gptomni_operator_conflicts_total", resource="secret") > before
-
-        await eventually(conflicted, 60)
-    finally:
-        stop.set()
-        edits = await asyncio.gather(*hammers)
+    weight, written = await _edit_under_contention(kube, shared, "fin", "secret",
+                                                   f"{kube.secrets_path}/gptomni-credentials", "annotations")
     pool = await eventually(lambda: _pool_with_weight(kube, f"{ns}/fin", weight), WAIT)
-    # The other writer's edits survived the operator's writes, and the pool is whole.
-    assert pool["secret"]["metadata"]["annotations"]["gptomni.test/hammer"] in {str(n) for n in edits}
+    # The other writers' edits survived the operator's writes, and the pool is whole.
+    assert pool["secret"]["metadata"]["annotations"]["gptomni.test/hammer"] in written
     assert await kube.pool_is({f"{ns}/fin": "session=fin"})
 
 
 async def test_apiserver_finalizer_removes_the_cookie_before_the_credential_goes(kube: KubeClient) -> None:
     ns = kube.namespace
     for name in ("gil", "hal"):
-        await kube.put_cookie_secret(f"{name}-cookie", f"session={name}")
-        await kube.add_credential(name, f"{name}-cookie")
+        await kube.add_cookie_credential(name)
     await eventually(lambda: kube.pool_is({f"{ns}/gil": "session=gil", f"{ns}/hal": "session=hal"}), WAIT)
     assert await kube.delete(f"{kube.credentials_path}/gil") == 200
     await eventually(lambda: kube.gone("gil"), WAIT)
@@ -251,8 +239,7 @@ async def test_apiserver_finalizer_removes_the_cookie_before_the_credential_goes
 
 async def test_apiserver_cookie_secret_deleted_and_recreated(kube: KubeClient) -> None:
     ns = kube.namespace
-    await kube.put_cookie_secret("ivy-cookie", "session=ivy")
-    await kube.add_credential("ivy", "ivy-cookie")
+    await kube.add_cookie_credential("ivy")
     await eventually(lambda: kube.pool_is({f"{ns}/ivy": "session=ivy"}), WAIT)
     await kube.delete(f"{kube.secrets_path}/ivy-cookie")
     await eventually(lambda: kube.healthy("ivy", "False", "SecretNotFound"), WAIT)
@@ -266,8 +253,7 @@ async def test_apiserver_a_foreign_secret_with_the_targets_name_is_left_untouche
     ns = kube.namespace
     await kube.put_cookie_secret("gptomni-credentials", "someone else's", key="credentials.json")
     foreign = await kube.secret("gptomni-credentials")
-    await kube.put_cookie_secret("jan-cookie", "session=jan")
-    await kube.add_credential("jan", "jan-cookie")
+    await kube.add_cookie_credential("jan")
     body = await eventually(lambda: kube.condition_is("jan", "Ready", "False", "TargetSecretConflict"), WAIT)
     assert healthy_condition(body)["status"] == "True"
     assert (await kube.secret("gptomni-credentials"))["metadata"]["resourceVersion"] == foreign["metadata"]["resourceVersion"]
@@ -278,8 +264,7 @@ async def test_apiserver_a_foreign_secret_with_the_targets_name_is_left_untouche
 async def test_apiserver_rejected_cookie_is_a_warning_event_and_leaves_the_pool(kube: KubeClient,
                                                                                 cluster: Cluster) -> None:
     ns = kube.namespace
-    await kube.put_cookie_secret("kit-cookie", "session=kit")
-    await kube.add_credential("kit", "kit-cookie")
+    await kube.add_cookie_credential("kit")
     await eventually(lambda: kube.pool_is({f"{ns}/kit": "session=kit"}), WAIT)
     cluster.sim.set("session=kit-revoked", status=401)
     await kube.put_cookie_secret("kit-cookie", "session=kit-revoked")

@@ -92,16 +92,14 @@ async def test_apiserver_restarts_rewrite_nothing_unchanged_and_lose_nothing(clu
     assert sample_value(metrics, "gptomni_operator_secret_writes_total", result="created") == 0
     assert (await kube.secret("gptomni-credentials"))["metadata"]["resourceVersion"] == before
     # A new credential as a barrier: once it is published, the replayed Secrets were seen.
-    await kube.put_cookie_secret("cal-cookie", "session=cal")
-    await kube.add_credential("cal", "cal-cookie")
+    await kube.add_cookie_credential("cal")
     await eventually(lambda: kube.pool_is({f"{ns}/amy": "session=amy", f"{ns}/ben": "session=ben",
                                            f"{ns}/cal": "session=cal"}), WAIT)
     assert checks_of(cluster, {"session=amy", "session=ben"}) == checks
 
     # Killed mid-work: a credential just created, then while it is down a cookie changes
     # and a credential is deleted (its finalizer holds it). The next operator catches up.
-    await kube.put_cookie_secret("dee-cookie", "session=dee")
-    await kube.add_credential("dee", "dee-cookie")
+    await kube.add_cookie_credential("dee")
     second.stop(signal.SIGKILL)
     await kube.put_cookie_secret("amy-cookie", "session=amy-2")
     assert await kube.delete(f"{kube.credentials_path}/ben") == 200
@@ -135,8 +133,7 @@ async def test_apiserver_two_peered_operators_only_one_active(cluster: Cluster, 
         # Both have announced themselves; the one with the lower priority then pauses.
         await eventually(lambda: _peers(admin, ns, 2), WAIT)
         await asyncio.sleep(1)
-        await kube.put_cookie_secret("pia-cookie", "session=pia")
-        await kube.add_credential("pia", "pia-cookie")
+        await kube.add_cookie_credential("pia")
         await eventually(lambda: kube.pool_is({f"{ns}/pia": "session=pia"}), WAIT)
         async with aiohttp.ClientSession() as http:
             checks = [sample_value(await p.metrics(http), "gptomni_operator_checks_total") for p in processes]
@@ -146,8 +143,7 @@ async def test_apiserver_two_peered_operators_only_one_active(cluster: Cluster, 
         # The active one leaves; the other takes over.
         await stop_cleanly(active)
         await eventually(lambda: _said(paused, "Resuming operations"), WAIT)
-        await kube.put_cookie_secret("quy-cookie", "session=quy")
-        await kube.add_credential("quy", "quy-cookie")
+        await kube.add_cookie_credential("quy")
         assert await eventually(lambda: kube.pool_is({f"{ns}/pia": "session=pia", f"{ns}/quy": "session=quy"}), WAIT)
     finally:
         for process in processes:
@@ -170,8 +166,7 @@ async def test_apiserver_the_charts_pool_secret_name_is_the_default_target(clust
     kube = admin.in_namespace(ns)
     process = release.start_operator(cluster.sim_url)
     try:
-        await kube.put_cookie_secret("rex-cookie", "session=rex")
-        await kube.add_credential("rex", "rex-cookie")
+        await kube.add_cookie_credential("rex")
         await eventually(lambda: kube.pool_is({f"{ns}/rex": "session=rex"}, "team-pool"), WAIT)
         body = await eventually(lambda: kube.condition_is("rex", "Ready", "True"), WAIT)
         assert body["status"]["targetSecret"] == "team-pool" and healthy_condition(body)["status"] == "True"

@@ -22,8 +22,7 @@ NS = "default"
 async def test_kmock_credential_becomes_healthy_and_joins_the_pool(kmock: Any) -> None:
     async with operator_env(kmock) as env:
         kube = env.kube
-        await kube.put_cookie_secret("alice-cookie", "session=alice")
-        await kube.add_credential("alice", "alice-cookie", weight=2, maxConcurrency=4)
+        await kube.add_cookie_credential("alice", weight=2, maxConcurrency=4)
 
         assert await eventually(lambda: kube.pool_is({f"{NS}/alice": "session=alice"}))
         pool = await kube.pool()
@@ -48,8 +47,7 @@ async def test_kmock_rejected_cookie_leaves_the_pool_with_reason_and_event(kmock
     sim = SimulatorState()
     async with operator_env(kmock, sim) as env:
         kube = env.kube
-        await kube.put_cookie_secret("bob-cookie", "session=bob")
-        await kube.add_credential("bob", "bob-cookie", healthCheck={"interval": "10s"})
+        await kube.add_cookie_credential("bob", healthCheck={"interval": "10s"})
         await eventually(lambda: kube.pool_is({f"{NS}/bob": "session=bob"}))
 
         sim.accepted = set()  # GPT-Omni now rejects every cookie
@@ -103,8 +101,7 @@ async def test_kmock_deleted_credential_is_removed_before_it_goes(kmock: Any) ->
     async with operator_env(kmock) as env:
         kube = env.kube
         for name in ("fay", "gus"):
-            await kube.put_cookie_secret(f"{name}-cookie", f"session={name}")
-            await kube.add_credential(name, f"{name}-cookie")
+            await kube.add_cookie_credential(name)
         await eventually(lambda: kube.pool_is({f"{NS}/fay": "session=fay", f"{NS}/gus": "session=gus"}))
         await kube.delete(f"{kube.credentials_path}/fay")
         await eventually(lambda: kube.pool_is({f"{NS}/gus": "session=gus"}))
@@ -133,8 +130,7 @@ async def test_kmock_default_target_is_the_operators_setting(kmock: Any) -> None
     """A credential without spec.targetSecret goes to the pool the chart's relay mounts."""
     async with operator_env(kmock, default_target_secret="team-pool") as env:
         kube = env.kube
-        await kube.put_cookie_secret("kay-cookie", "session=kay")
-        await kube.add_credential("kay", "kay-cookie")
+        await kube.add_cookie_credential("kay")
         await eventually(lambda: kube.pool_is({f"{NS}/kay": "session=kay"}, "team-pool"))
         assert (await kube.credential("kay"))["status"]["targetSecret"] == "team-pool"
         assert await kube.pool_cookies() is None  # nothing in gptomni-credentials
@@ -144,8 +140,7 @@ async def test_kmock_restarted_operator_neither_checks_nor_writes_again(kmock: A
     async with operator_env(kmock) as env:
         kube = env.kube
         for name in ("jo", "kim"):
-            await kube.put_cookie_secret(f"{name}-cookie", f"session={name}")
-            await kube.add_credential(name, f"{name}-cookie")
+            await kube.add_cookie_credential(name)
         expected = {f"{NS}/jo": "session=jo", f"{NS}/kim": "session=kim"}
         await eventually(lambda: kube.pool_is(expected))
         for name in ("jo", "kim"):
@@ -164,8 +159,7 @@ async def test_kmock_restarted_operator_neither_checks_nor_writes_again(kmock: A
 
 async def test_kmock_operator_metrics(kmock: Any) -> None:
     async with operator_env(kmock) as env:
-        await env.kube.put_cookie_secret("lee-cookie", "session=lee")
-        await env.kube.add_credential("lee", "lee-cookie")
+        await env.kube.add_cookie_credential("lee")
         await eventually(env.kube.pool_cookies)
         await eventually(lambda: _is(env.sample("gptomni_operator_healthy_credentials", secret_namespace=NS,
                                                 secret="gptomni-credentials"), 1))
@@ -179,8 +173,7 @@ async def test_kmock_a_secret_not_managed_by_the_operator_is_never_overwritten(k
     async with operator_env(kmock) as env:
         kube = env.kube
         await kube.put_cookie_secret("gptomni-credentials", "someone else's data", key="credentials.json")
-        await kube.put_cookie_secret("nia-cookie", "session=nia")
-        await kube.add_credential("nia", "nia-cookie")
+        await kube.add_cookie_credential("nia")
         body = await eventually(lambda: kube.condition_is("nia", "Ready", "False", "TargetSecretConflict"))
         assert healthy_condition(body)["status"] == "True"  # the cookie itself is fine
         secret = await kube.secret("gptomni-credentials")
