@@ -24,8 +24,8 @@ EXAMPLE = next(d for d in yaml.safe_load_all((ROOT / "k8s" / "examples" / "crede
 
 
 def test_plain_manifest_is_generated_from_the_charts_crd() -> None:
-    """k8s/crd.yaml is scripts/generate-crd.py's output for the chart's CRD, as committed."""
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate-crd.py"), "--check"],
+    """k8s/crd.yaml is scripts/generate_crd.py's output for the chart's CRD, as committed."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_crd.py"), "--check"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load((ROOT / "k8s" / "crd.yaml").read_text()) == CRD
