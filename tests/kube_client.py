@@ -193,6 +193,11 @@ class KubeClient:
             return body
         return None
 
+    async def published_in(self, name: str, target: str) -> dict[str, Any] | None:
+        """The credential once its Ready condition says it is in the pool Secret `target`."""
+        body = await self.condition_is(name, "Ready", "True", "InPool")
+        return body if body is not None and body["status"].get("targetSecret") == target else None
+
     async def healthy(self, name: str, status: str, reason: str | None = None) -> dict[str, Any] | None:
         return await self.condition_is(name, "Healthy", status, reason)
 
