@@ -2,7 +2,7 @@
 
 A `Release` is the chart rendered with some values and its operator parts applied: the
 CRD (charts/gptomni/crds/, installed verbatim by Helm), the operator's ServiceAccount and
-its ClusterRoles/Roles and bindings. Its `OperatorProcess` is `gptomni-operator` started
+its ClusterRoles/Roles and bindings. Its `ChartOperator` is `gptomni-operator` started
 with the rendered Deployment's arguments and environment (ports moved to free ones on
 127.0.0.1), and KUBECONFIG holding a token of that ServiceAccount: a verb the chart
 forgot fails the test. Each release has its own ServiceAccount identity (registered
@@ -60,7 +60,7 @@ def peering_crds() -> list[dict[str, Any]]:
 
 
 @dataclass
-class OperatorProcess:
+class ChartOperator:
     """`gptomni-operator` as a process; everything it writes goes to one file."""
 
     process: subprocess.Popen[bytes]
@@ -103,7 +103,7 @@ class Release:
     documents: list[dict[str, Any]]
     kubeconfig: Path
     directory: Path
-    processes: list[OperatorProcess] = field(default_factory=list)
+    processes: list[ChartOperator] = field(default_factory=list)
 
     @property
     def operator_container(self) -> dict[str, Any]:
@@ -113,7 +113,7 @@ class Release:
                 return container
         raise AssertionError(f"the chart rendered no operator Deployment for {self.name}")
 
-    def start_operator(self, upstream_url: str, **extra_env: str) -> OperatorProcess:
+    def start_operator(self, upstream_url: str, **extra_env: str) -> ChartOperator:
         """The operator as the chart's Deployment runs it, with its ports moved to free ones."""
         container = self.operator_container
         metrics_port, liveness_port = free_port(), free_port()
@@ -131,7 +131,7 @@ class Release:
         [command] = container["command"]
         executable = Path(sys.executable).parent / command
         process = subprocess.Popen([str(executable), *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        self.processes.append(OperatorProcess(process, log, metrics_port))
+        self.processes.append(ChartOperator(process, log, metrics_port))
         return self.processes[-1]
 
     def stop_all(self) -> None:
@@ -205,7 +205,7 @@ def start_simulator(loop: BackgroundLoop) -> Simulator:
     return Simulator(sim, server.url)
 
 
-def stopped_cleanly(process: OperatorProcess) -> Iterator[str]:
+def stopped_cleanly(process: ChartOperator) -> Iterator[str]:
     """What is wrong with a finished operator process (its exit, its log lines)."""
     if process.stop() != 0:
         yield f"exit code {process.process.returncode}"

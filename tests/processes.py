@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import yaml
+
+from tests.kube_client import write_kubeconfig
 
 
 def free_port() -> int:
@@ -101,16 +102,6 @@ def relay_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Rel
         yield RelayProcess(process, port, int(env["GPTOMNI_METRICS_PORT"]), log)
 
 
-def write_kubeconfig(path: Path, server: str) -> None:
-    """A kubeconfig for a test API server (plain HTTP on loopback, any token)."""
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": server}}],
-        "users": [{"name": "test", "user": {"token": "test"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-    }))
-
-
 @contextmanager
 def operator_process(kube_server: str, upstream_url: str, env: dict[str, str] | None = None) -> Iterator[OperatorProcess]:
     """`gptomni-operator --all-namespaces` against the API server at `kube_server` (through a
@@ -118,7 +109,7 @@ def operator_process(kube_server: str, upstream_url: str, env: dict[str, str] | 
     liveness_port, metrics_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="operator-") as home:
         kubeconfig = Path(home) / "kubeconfig"
-        write_kubeconfig(kubeconfig, kube_server)
+        write_kubeconfig(kubeconfig, kube_server, token="test")
         env = {"KUBECONFIG": str(kubeconfig), "GPTOMNI_UPSTREAM_URL": upstream_url, **(env or {})}
         command = [sys.executable, "-m", "gptomni_operator", "--all-namespaces", f"--metrics-port={metrics_port}",
                    f"--liveness=http://127.0.0.1:{liveness_port}/healthz"]

@@ -23,7 +23,7 @@ import pytest
 from gptomni_operator.cookies import cookie_digest
 from tests.harness import sample_value, write_raw_pool_file
 from tests.kube_client import MERGE_PATCH, TABLE, KubeClient, condition_of, eventually, healthy_condition
-from tests.operator_apiserver_env import Cluster, OperatorProcess, Release, stopped_cleanly
+from tests.operator_apiserver_env import ChartOperator, Cluster, Release, stopped_cleanly
 from tests.processes import free_port, relay_process
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -32,7 +32,7 @@ _NAMESPACES = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def shared(cluster: Cluster) -> Iterator[tuple[Release, OperatorProcess]]:
+def shared(cluster: Cluster) -> Iterator[tuple[Release, ChartOperator]]:
     """The chart's defaults (all namespaces, ClusterRole), one operator process."""
 
     async def install() -> Release:
@@ -47,7 +47,7 @@ def shared(cluster: Cluster) -> Iterator[tuple[Release, OperatorProcess]]:
 
 
 @pytest.fixture
-async def kube(cluster: Cluster, shared: tuple[Release, OperatorProcess], request: pytest.FixtureRequest
+async def kube(cluster: Cluster, shared: tuple[Release, ChartOperator], request: pytest.FixtureRequest
                ) -> AsyncIterator[KubeClient]:
     """The admin, in a namespace of this test's own."""
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_apiserver_").lower())[:40].strip("-")
@@ -55,7 +55,7 @@ async def kube(cluster: Cluster, shared: tuple[Release, OperatorProcess], reques
         yield await cluster.namespace(cluster.admin(http), f"c{next(_NAMESPACES)}-{name}")
 
 
-async def operator_metrics(kube: KubeClient, shared: tuple[Release, OperatorProcess]) -> str:
+async def operator_metrics(kube: KubeClient, shared: tuple[Release, ChartOperator]) -> str:
     return await shared[1].metrics(kube.http)
 
 
@@ -128,7 +128,7 @@ async def test_apiserver_unknown_fields_are_pruned_and_status_only_moves_through
     assert body["spec"]["weight"] == 1 and body["metadata"]["generation"] == 1
 
 
-async def test_apiserver_rapid_spec_edits_end_observed(kube: KubeClient, shared: tuple[Release, OperatorProcess]
+async def test_apiserver_rapid_spec_edits_end_observed(kube: KubeClient, shared: tuple[Release, ChartOperator]
                                                        ) -> None:
     ns = kube.namespace
     await kube.add_cookie_credential("dot")
@@ -166,7 +166,7 @@ async def _hammer(stop: asyncio.Event, kube: KubeClient, path: str, field: str) 
     return edits
 
 
-async def _edit_under_contention(kube: KubeClient, shared: tuple[Release, OperatorProcess], credential: str,
+async def _edit_under_contention(kube: KubeClient, shared: tuple[Release, ChartOperator], credential: str,
                                  resource: str, hammered: str, field: str) -> tuple[int, set[str]]:
     """Three editors change `hammered`'s metadata `field` as fast as they can while the
     credential's weight is edited, each edit making the operator write; this goes on
@@ -193,7 +193,7 @@ async def _edit_under_contention(kube: KubeClient, shared: tuple[Release, Operat
 
 
 async def test_apiserver_conflicting_edits_of_a_credential_are_retried_and_nothing_is_lost(
-        kube: KubeClient, shared: tuple[Release, OperatorProcess]) -> None:
+        kube: KubeClient, shared: tuple[Release, ChartOperator]) -> None:
     ns = kube.namespace
     await kube.add_cookie_credential("eve")
     await eventually(lambda: kube.condition_is("eve", "Ready", "True"), WAIT)
@@ -214,7 +214,7 @@ async def _observed(kube: KubeClient, name: str) -> dict[str, Any] | None:
 
 
 async def test_apiserver_conflicting_edits_of_the_pool_secret_are_retried_and_nothing_is_lost(
-        kube: KubeClient, shared: tuple[Release, OperatorProcess]) -> None:
+        kube: KubeClient, shared: tuple[Release, ChartOperator]) -> None:
     ns = kube.namespace
     await kube.add_cookie_credential("fin")
     await eventually(lambda: kube.pool_is({f"{ns}/fin": "session=fin"}), WAIT)

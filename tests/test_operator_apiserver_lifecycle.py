@@ -18,7 +18,7 @@ import pytest
 
 from tests.harness import sample_value
 from tests.kube_client import KubeClient, eventually, healthy_condition
-from tests.operator_apiserver_env import Cluster, OperatorProcess, Release, peering_crds, stopped_cleanly
+from tests.operator_apiserver_env import ChartOperator, Cluster, Release, peering_crds, stopped_cleanly
 
 pytestmark = [pytest.mark.timeout(180)]
 WAIT = 30.0
@@ -34,7 +34,7 @@ def checks_of(cluster: Cluster, cookies: set[str]) -> int:
     return sum(1 for received in list(cluster.sim.received) if received.session in cookies)
 
 
-async def stop_cleanly(process: OperatorProcess) -> None:
+async def stop_cleanly(process: ChartOperator) -> None:
     assert list(stopped_cleanly(process)) == [], f"operator log {process.log}"
 
 
@@ -155,7 +155,7 @@ async def _peers(admin: KubeClient, namespace: str, count: int) -> bool:
     return len((body or {}).get("status") or {}) == count
 
 
-def _said(process: OperatorProcess, text: str) -> bool:
+def _said(process: ChartOperator, text: str) -> bool:
     return any(text in message for message in process.messages())
 
 

@@ -33,8 +33,9 @@ import pytest
 from gptomni_relay.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.harness import BackgroundLoop, sample_value, write_pool_file, write_raw_pool_file
+from tests.kube_client import KubeClient
 from tests.monitoring_files import DEFAULT_VARIABLES, RULES, PanelQuery, panel_queries
-from tests.operator_env import ApiServerLikeEmulator, OperatorEnv, declare_resources
+from tests.operator_env import ApiServerLikeEmulator, declare_resources
 from tests.processes import operator_process, relay_process
 from tests.prometheus_server import SCRAPE_SECONDS, PrometheusServer, Sample, ScrapeTarget, prometheus_server
 
@@ -195,10 +196,10 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
         async def credentials() -> None:
             async with aiohttp.ClientSession() as http:
-                kube = OperatorEnv(api, http, sim, None, None, operator.metrics_port)  # type: ignore[arg-type]
+                kube = KubeClient(http, str(api.url).rstrip("/"), token="kmock")
                 for name in ("op-ok", "op-bad"):
                     await kube.put_cookie_secret(f"{name}-cookie", COOKIES[name])
-                    await kube.create_credential(name, f"{name}-cookie")
+                    await kube.add_credential(name, f"{name}-cookie")
 
         try:
             prometheus.wait_until("count(up == 1) == 2")
