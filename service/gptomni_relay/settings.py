@@ -116,7 +116,10 @@ class RelaySettings(BaseSettings):
 
     def load_api_keys(self) -> list[str]:
         """Keys from the environment plus the mounted key file, as at start-up."""
-        keys = list(self.api_keys)
-        if self.api_keys_file is not None:
-            keys.extend(parse_api_keys(read_bounded(self.api_keys_file, MAX_API_KEYS_FILE_BYTES).decode("utf-8")))
-        return keys
+        if self.api_keys_file is None:
+            return list(self.api_keys)
+        return self.api_keys_with_file(read_bounded(self.api_keys_file, MAX_API_KEYS_FILE_BYTES))
+
+    def api_keys_with_file(self, raw: bytes) -> list[str]:
+        """The environment's keys plus those of a key file's content (at start-up and on reload)."""
+        return [*self.api_keys, *parse_api_keys(raw.decode("utf-8"))]

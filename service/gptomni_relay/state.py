@@ -26,7 +26,7 @@ from gptomni_relay.core.shared_pool import SharedCredentialPool
 from gptomni_relay.core.shared_store import SharedStore, printable_url
 from gptomni_relay.file_watch import FileWatcher
 from gptomni_relay.metrics import RelayMetrics
-from gptomni_relay.settings import DEMO_API_KEY, MAX_API_KEYS_FILE_BYTES, RelaySettings, parse_api_keys
+from gptomni_relay.settings import DEMO_API_KEY, MAX_API_KEYS_FILE_BYTES, RelaySettings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class RelayState:
 
     def load_api_keys_file(self, raw: bytes) -> None:
         """A key removed from the file stops working at the next poll: revocation needs no restart."""
-        keys = [*self.settings.api_keys, *parse_api_keys(raw.decode("utf-8"))]
+        keys = self.settings.api_keys_with_file(raw)
         if not keys:
             log.warning("the API key file lists no key: every request is refused until one is added")
         self.install_api_keys(keys)
