@@ -1,6 +1,6 @@
 """What the shared pool adds per request: acquire + release, in-process against Redis on loopback.
 
-    .venv/bin/python bench/shared_pool_cost.py          # the table, about a minute
+    .venv/bin/python bench/shared_pool_cost.py          # the table, about three minutes
     .venv/bin/python bench/shared_pool_cost.py --e2e    # and the relay local vs shared under load
                                                         # (alternating rounds, as bench/ab_compare.py)
 
@@ -13,9 +13,12 @@ the relay's event loop (uvloop):
   itself is a background write: the request does not wait for it);
 - **relay CPU** and **Redis CPU** per pair (process time of this process; Redis's
   `used_cpu_*` from INFO);
-- the same with 50 requests acquiring at once (p50/p99 of acquire, pairs per second).
+- the same with 50 requests acquiring at once (p50/p99 of acquire, pairs per second, and
+  how many commands shared one write to Redis on average).
 
-Every loop is bounded in count and time. Not a test: numbers are printed, not asserted.
+Each row is the median of `--repeats` runs (local and Redis alternating): one run's
+numbers move by half on a small shared machine. Every loop is bounded in count and time.
+Not a test: numbers are printed, not asserted.
 """
 
 from __future__ import annotations
@@ -109,9 +112,10 @@ async def sequential(pool: Any, pairs: int, budget: float) -> dict[str, float]:
             "pair_p50": statistics.median(pair_us), "relay_cpu": cpu_us, "pairs": len(pair_us)}
 
 
-async def concurrent(pool: Any, seconds: float) -> dict[str, float]:
+async def concurrent(pool: Any, seconds: float, store: SharedStore | None) -> dict[str, float]:
     acquire_us: list[float] = []
     stop_at = time.monotonic() + seconds
+    batches_before = store.batches_sent if store is not None else 0
 
     async def one_request_after_another() -> None:
         for _ in range(100_000):  # bounded; the clock ends it first
@@ -126,12 +130,15 @@ async def concurrent(pool: Any, seconds: float) -> dict[str, float]:
     started = time.perf_counter()
     await asyncio.gather(*(one_request_after_another() for _ in range(CONCURRENCY)))
     elapsed = time.perf_counter() - started
+    batches = store.batches_sent - batches_before if store is not None else 0
     return {"c_acquire_p50": statistics.median(acquire_us), "c_acquire_p99": pct(acquire_us, 0.99),
-            "c_pairs_per_s": len(acquire_us) / elapsed}
+            "c_pairs_per_s": len(acquire_us) / elapsed,
+            "c_per_batch": 2 * len(acquire_us) / batches if batches else 0.0}
 
 
 async def measure(url: str | None, count: int, pairs: int, seconds: float) -> dict[str, float]:
     pool: Any
+    store = None
     if url is None:
         pool = CredentialPool()
     else:
@@ -145,7 +152,7 @@ async def measure(url: str | None, count: int, pairs: int, seconds: float) -> di
         before = redis_cpu(url) if url else 0.0
         row = await sequential(pool, pairs, seconds)
         row["redis_cpu"] = (redis_cpu(url) - before) * 1e6 / row["pairs"] if url else 0.0
-        row |= await concurrent(pool, seconds)
+        row |= await concurrent(pool, seconds, store)
         return row
     finally:
         await pool.stop()
@@ -153,21 +160,27 @@ async def measure(url: str | None, count: int, pairs: int, seconds: float) -> di
 
 COLUMNS = [("acquire_p50", "acquire p50"), ("acquire_p99", "acquire p99"), ("pair_p50", "pair p50"),
            ("relay_cpu", "relay CPU"), ("redis_cpu", "Redis CPU"), ("c_acquire_p50", f"{CONCURRENCY}x acquire p50"),
-           ("c_acquire_p99", f"{CONCURRENCY}x acquire p99")]
+           ("c_acquire_p99", f"{CONCURRENCY}x acquire p99"), ("c_pairs_per_s", "pairs/s"),
+           ("c_per_batch", "cmds/write")]
 
 
-def print_table(rows: dict[tuple[str, int], dict[str, float]]) -> None:
-    print("\nacquire + release per request, µs (pairs/s: 50 requests at once)")
-    print(f"{'pool':>8} {'creds':>5} " + " ".join(f"{title:>17}" for _, title in COLUMNS) + f" {'pairs/s':>9}")
+def median_row(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def print_table(rows: dict[tuple[str, int], dict[str, float]], repeats: int) -> None:
+    print(f"\nacquire + release per request, µs; medians of {repeats} runs "
+          f"(pairs/s and commands per write: {CONCURRENCY} requests at once)")
+    print(f"{'pool':>8} {'creds':>5} " + " ".join(f"{title:>17}" for _, title in COLUMNS))
     for (mode, count), row in rows.items():
-        print(f"{mode:>8} {count:>5} " + " ".join(f"{row[key]:>17.1f}" for key, _ in COLUMNS)
-              + f" {row['c_pairs_per_s']:>9.0f}")
+        print(f"{mode:>8} {count:>5} " + " ".join(f"{row[key]:>17.1f}" for key, _ in COLUMNS))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=5000, help="sequential pairs per row (bounded by --seconds)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="time bound of each measurement")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time bound of each measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row (the table shows medians)")
     parser.add_argument("--e2e", action="store_true", help="also the relay, local vs shared pool, under load")
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
@@ -175,9 +188,13 @@ def main() -> None:
     rows: dict[tuple[str, int], dict[str, float]] = {}
     with redis_server() as url, asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         for count in CREDENTIAL_COUNTS:
-            rows[("local", count)] = runner.run(measure(None, count, args.pairs, args.seconds))
-            rows[("redis", count)] = runner.run(measure(url, count, args.pairs, args.seconds))
-        print_table(rows)
+            runs: dict[str, list[dict[str, float]]] = {"local": [], "redis": []}
+            for _ in range(args.repeats):
+                runs["local"].append(runner.run(measure(None, count, args.pairs, args.seconds)))
+                runs["redis"].append(runner.run(measure(url, count, args.pairs, args.seconds)))
+            for mode, measured in runs.items():
+                rows[(mode, count)] = median_row(measured)
+        print_table(rows, args.repeats)
         if args.e2e:
             import ab_compare
 

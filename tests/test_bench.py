@@ -90,4 +90,5 @@ def test_shared_pool_cost_measures_both_pools(tmp_path: Path) -> None:
         server.stop()
     assert rows[("redis", 2)]["pairs"] > 0 and rows[("redis", 2)]["redis_cpu"] >= 0
     assert rows[("local", 2)]["c_pairs_per_s"] > 0
-    cost.print_table(rows)
+    assert rows[("redis", 2)]["c_per_batch"] > 1  # 50 requests at once share writes to Redis
+    cost.print_table({key: cost.median_row([row, row]) for key, row in rows.items()}, 2)

@@ -33,6 +33,7 @@ from functools import partial
 
 from gptomni_common.upstream.protocol import Outcome
 from gptomni_relay.core.errors import AllBusy, NoCredentials, PoolUnavailable
+from gptomni_relay.core.pipelined_connection import StoreUnavailable
 from gptomni_relay.core.pool import (
     Credential,
     CredentialPool,
@@ -41,7 +42,7 @@ from gptomni_relay.core.pool import (
     PoolMode,
     Slot,
 )
-from gptomni_relay.core.shared_store import Candidate, SharedStore, StoreUnavailable, Verdict, cookie_fingerprint
+from gptomni_relay.core.shared_store import Candidate, SharedStore, Verdict, cookie_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class SharedCredentialPool:
         self._prepared = store.prepare([])
         self._sequence = itertools.count()
         self._rotation = itertools.count()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Future[object]] = set()  # writes nobody waits for
         self._syncer: asyncio.Task[None] | None = None
 
     # --- what the relay reads ------------------------------------------------------
@@ -158,7 +159,7 @@ class SharedCredentialPool:
         if self._store_up:
             leftovers = {(lease.key, lease.member) for lease in self._leases.values() if lease.registered}
             with contextlib.suppress(StoreUnavailable):
-                await self._store.release(leftovers | self._unreleased)
+                await self._store.release_all(leftovers | self._unreleased)
                 await self._store.leave(self._replica)
         await self._store.aclose()
 
@@ -217,8 +218,7 @@ class SharedCredentialPool:
         start = next(self._rotation) % len(slots)
         # The script runs to its end even if this request is cancelled meanwhile (a
         # hang-up): then the slot it took is given back as soon as the answer comes.
-        call = asyncio.ensure_future(self._store.acquire(prepared, exclude | at_share if at_share else exclude,
-                                                         member, start))
+        call = self._store.acquire(prepared, exclude | at_share if at_share else exclude, member, start)
         try:
             picked = await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -248,7 +248,7 @@ class SharedCredentialPool:
             return
         picked = call.result()
         if isinstance(picked, int):
-            self._spawn(self._release_in_store({(self._store.lease_key(candidates[picked].id), member)}))
+            self._release_in_store(self._store.lease_key(candidates[picked].id), member)
 
     async def unavailability(self, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable | None:
         if self._mode is PoolMode.SHARED and self._slots:
@@ -280,16 +280,26 @@ class SharedCredentialPool:
         if self._registering or not self._store_up:
             self._unreleased.add((lease.key, lease.member))
             return
-        self._spawn(self._release_in_store({(lease.key, lease.member)}))
+        self._release_in_store(lease.key, lease.member)
 
-    async def _release_in_store(self, leases: set[tuple[str, str]]) -> None:
-        try:
-            await self._store.release(leases)
-        except StoreUnavailable:
-            self._unreleased |= leases
-            raise
-        # A waiter woken by the local release may have asked the store just before this.
-        self._local.wake_waiters()
+    def _release_in_store(self, key: str, member: str) -> None:
+        """Sends the release without waiting for it (the request is done); `flush` can."""
+        call = self._store.release(key, member)
+        self._background.add(call)
+        call.add_done_callback(partial(self._released_in_store, (key, member)))
+
+    def _released_in_store(self, lease: tuple[str, str], call: asyncio.Future[int]) -> None:
+        self._background.discard(call)
+        error = StoreUnavailable("the release was cancelled") if call.cancelled() else call.exception()
+        if error is None:
+            # A waiter woken by the local release may have asked the store just before this.
+            self._local.wake_waiters()
+            return
+        self._unreleased.add(lease)  # the next sync tick that reaches the store retries it
+        if isinstance(error, StoreUnavailable):
+            self._store_failed(error)
+        else:
+            log.error("shared pool: a release failed", extra={"error": f"{type(error).__name__}: {error}"})
 
     def _spawn(self, call: Awaitable[object]) -> None:
         task = asyncio.ensure_future(self._guarded(call))
@@ -379,7 +389,7 @@ class SharedCredentialPool:
         stale, self._unreleased = self._unreleased, set()
         if stale:
             try:
-                await self._store.release(stale)
+                await self._store.release_all(stale)
             except StoreUnavailable:
                 self._unreleased |= stale
                 raise
@@ -398,8 +408,6 @@ class SharedCredentialPool:
         if not self._in_outage:
             self._in_outage = True
             self._excess_until = self._local.now() + self._lease_seconds
-            # Connections to a store that went away are dead or stale: start afresh.
-            self._spawn(self._store.drop_connections())
             log.warning(
                 "shared pool store unreachable: this replica serves within its share of each credential until "
                 "the store answers again",

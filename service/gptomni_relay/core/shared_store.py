@@ -10,7 +10,7 @@ Keys (all under one hash tag, so a Redis Cluster keeps them on one node):
 | key | type | holds |
 | --- | --- | --- |
 | `{P}:leases:<id>` | sorted set | one member per request holding the credential, scored by its expiry (ms) |
-| `{P}:cooling:<id>` | string with PX | present while the credential cools down |
+| `{P}:cooling:<id>` | string with PX | when the cooldown ends (ms), present until then |
 | `{P}:ejected:<id>` | string | the fingerprint of the cookie GPT-Omni rejected |
 | `{P}:strikes:<id>` | string | consecutive rate limits (the backoff's exponent) |
 | `{P}:replicas` | sorted set | live replicas, scored by their heartbeat's expiry |
@@ -22,17 +22,21 @@ which lease is live) is shared_pool.py's.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
 from gptomni_relay.core.errors import AllBusy, AllCoolingDown, NoCredentials, NothingLeftToTry, PoolUnavailable
+from gptomni_relay.core.pipelined_connection import (
+    Endpoint,
+    PipelinedConnection,
+    encode_bulk,
+    encode_command,
+    encode_parts,
+)
 
 VERDICT_KEEP_SECONDS = 24 * 3600  # ejections and strike counts of credentials nobody uses any more fade away
 
@@ -40,30 +44,36 @@ _NOW = """local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: per credential (leases, cooling, ejected). ARGV: lease_ms, member, start (0-based
-# rotation), dry ("1": only say whether a slot is free), excluded (",2,5,": 0-based indexes),
-# then per credential max, weight, fingerprint. Returns {index (1-based)} or {0, usable,
-# untried, healthy, soonest cooldown end in ms}.
+# KEYS: the n credentials' lease keys, then their n cooling keys, then their n ejected keys.
+# ARGV: lease_ms, member, start (0-based rotation), dry ("1": only say whether a slot is
+# free), excluded (",2,5,": 0-based indexes) -- the ACQUIRE_REQUEST_ARGUMENTS -- then per
+# credential max, weight, fingerprint. Returns {index (1-based)} or {0, usable, untried,
+# healthy, soonest cooldown end in ms}. Its cost is Lua's, per redis.call: verdicts are read
+# with one MGET each, and leases are counted (ZCOUNT of the unexpired) rather than pruned,
+# except on the credential a lease is added to.
+ACQUIRE_REQUEST_ARGUMENTS = 5
 ACQUIRE = _NOW + """
 local lease_ms = tonumber(ARGV[1])
 local n = #KEYS / 3
 local start = tonumber(ARGV[3])
+if n == 0 then return {0, 0, 0, 0, -1} end
+local cooling_until = redis.call('MGET', unpack(KEYS, n + 1, 2 * n))
+local ejected = redis.call('MGET', unpack(KEYS, 2 * n + 1, 3 * n))
 local usable, untried, healthy, soonest = 0, 0, 0, -1
 local best, best_load = -1, 0
 for step = 0, n - 1 do
   local i = (start + step) % n
-  local k, a = i * 3, 5 + i * 3
-  if redis.call('GET', KEYS[k + 3]) ~= ARGV[a + 3] then
+  local a = 5 + i * 3
+  if ejected[i + 1] ~= ARGV[a + 3] then
     usable = usable + 1
     if not string.find(ARGV[5], ',' .. i .. ',', 1, true) then
       untried = untried + 1
-      local cooling = redis.call('PTTL', KEYS[k + 2])
+      local cooling = (tonumber(cooling_until[i + 1]) or 0) - now
       if cooling > 0 then
         if soonest < 0 or cooling < soonest then soonest = cooling end
       else
         healthy = healthy + 1
-        redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', now)
-        local held = redis.call('ZCARD', KEYS[k + 1])
+        local held = redis.call('ZCOUNT', KEYS[i + 1], '(' .. now, '+inf')
         if held < tonumber(ARGV[a + 1]) then
           local load = held / tonumber(ARGV[a + 2])
           if best < 0 or load < best_load then best, best_load = i, load end
@@ -74,14 +84,17 @@ for step = 0, n - 1 do
 end
 if best < 0 then return {0, usable, untried, healthy, soonest} end
 if ARGV[4] ~= '1' then
-  redis.call('ZADD', KEYS[best * 3 + 1], now + lease_ms, ARGV[2])
-  redis.call('PEXPIRE', KEYS[best * 3 + 1], lease_ms)
+  redis.call('ZREMRANGEBYSCORE', KEYS[best + 1], '-inf', now)
+  redis.call('ZADD', KEYS[best + 1], now + lease_ms, ARGV[2])
+  redis.call('PEXPIRE', KEYS[best + 1], lease_ms)
 end
 return {best + 1}
 """
 
 # KEYS: cooling, strikes. ARGV: base_ms, max_ms, retry_after_ms (-1: none), keep_ms.
-# The same backoff as the in-process pool. Returns {strikes, cooldown left in ms}.
+# The same backoff as the in-process pool. A cooling key holds when it ends (ms, Redis's
+# clock: ACQUIRE reads them all with one MGET) and expires then. Returns {strikes,
+# cooldown left in ms}.
 COOL_DOWN = _NOW + """
 local strikes = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -90,7 +103,7 @@ if delay < 0 then delay = tonumber(ARGV[1]) * 2 ^ math.min(strikes - 1, 32) end
 delay = math.floor(math.min(delay, tonumber(ARGV[2])))
 local left = redis.call('PTTL', KEYS[1])
 if delay > 0 and delay > left then
-  redis.call('SET', KEYS[1], strikes, 'PX', delay)
+  redis.call('SET', KEYS[1], now + delay, 'PX', delay)
   left = delay
 end
 return {strikes, math.max(left, 0)}
@@ -148,17 +161,13 @@ for i = 1, l do
 end
 for i = 1, c do
   local ms = tonumber(ARGV[4 + l + i])
-  if ms > redis.call('PTTL', KEYS[l + i]) then redis.call('SET', KEYS[l + i], 1, 'PX', ms) end
+  if ms > redis.call('PTTL', KEYS[l + i]) then redis.call('SET', KEYS[l + i], now + ms, 'PX', ms) end
 end
 for i = 1, e do
   redis.call('SET', KEYS[l + c + i], ARGV[4 + l + c + i], 'EX', ARGV[5 + l + c + e])
 end
 return l
 """
-
-
-class StoreUnavailable(Exception):
-    """The shared store did not answer (or answered with an error)."""
 
 
 def cookie_fingerprint(cookie: str) -> str:
@@ -187,17 +196,21 @@ class Candidate:
 class Prepared:
     """A pool's candidates as the acquire script takes them, encoded once per pool reload."""
 
-    __slots__ = ("candidates", "index", "keys", "args")
+    __slots__ = ("candidates", "index", "keys", "args", "part_count")
 
     def __init__(self, store: SharedStore, candidates: Sequence[Candidate]) -> None:
         self.candidates = list(candidates)
         self.index = {candidate.id: i for i, candidate in enumerate(self.candidates)}
-        self.keys: list[bytes] = []
-        self.args: list[bytes] = []
+        keys = [store.lease_key(c.id) for c in self.candidates]
+        keys += [store._key("cooling", c.id) for c in self.candidates]
+        keys += [store._key("ejected", c.id) for c in self.candidates]
+        args: list[str | int] = []
         for c in self.candidates:
-            self.keys += (store.lease_key(c.id).encode(), store._key("cooling", c.id).encode(),
-                          store._key("ejected", c.id).encode())
-            self.args += (str(c.max_concurrency).encode(), str(c.weight).encode(), c.fingerprint.encode())
+            args += (c.max_concurrency, c.weight, c.fingerprint)
+        self.keys = encode_bulk(len(keys), *keys)  # numkeys, then the keys
+        self.args = encode_bulk(*args)  # after the per-request arguments
+        # EVALSHA or EVAL, the script, numkeys, the keys, 5 per-request arguments, the rest
+        self.part_count = 3 + len(keys) + ACQUIRE_REQUEST_ARGUMENTS + len(args)
 
 
 @dataclass(frozen=True)
@@ -215,6 +228,13 @@ class Snapshot:
     verdicts: dict[str, Verdict]
 
 
+def picked_or_refusal(reply: list[int]) -> int | PoolUnavailable:
+    """The acquire script's reply: the index it took a slot on, or why it took none."""
+    if reply[0]:
+        return int(reply[0]) - 1
+    return refusal(*(int(n) for n in reply[1:]))
+
+
 def refusal(usable: int, untried: int, healthy: int, soonest_ms: int) -> PoolUnavailable:
     """The in-process pool's reasons, in its order (CredentialPool.why_unavailable)."""
     if usable == 0:
@@ -226,34 +246,50 @@ def refusal(usable: int, untried: int, healthy: int, soonest_ms: int) -> PoolUna
     return AllBusy("every credential is at its concurrency limit")
 
 
+class Script:
+    """A Lua script sent by its SHA-1 (EVALSHA), or whole (EVAL) when Redis does not know it."""
+
+    __slots__ = ("by_sha", "by_body")
+
+    def __init__(self, body: str) -> None:
+        sha = hashlib.sha1(body.encode()).hexdigest()  # noqa: S324 - how Redis names scripts
+        self.by_sha = encode_bulk(b"EVALSHA", sha)
+        self.by_body = encode_bulk(b"EVAL", body)
+
+
+def script_arguments(keys: Sequence[str], args: Sequence[str | int]) -> tuple[int, bytes]:
+    """A script call's part count in all, and its parts after the script: the key count,
+    the keys and the arguments, encoded."""
+    return 2 + 1 + len(keys) + len(args), encode_bulk(len(keys), *keys, *args)
+
+
 class SharedStore:
-    def __init__(self, client: Redis, prefix: str, lease_seconds: float) -> None:
-        self._client = client
+    """Every command goes over one pipelined connection (pipelined_connection.py): the
+    request path's acquire and release as much as the sync tick's, so a connection left
+    stale by a store restart is found, and replaced, by whichever command comes first."""
+
+    def __init__(self, line: PipelinedConnection, prefix: str, lease_seconds: float) -> None:
+        self._line = line
         self._tag = f"{{{prefix}}}"
         self._lease_ms = max(1, round(lease_seconds * 1000))
-        self._acquire = client.register_script(ACQUIRE)
-        self._cool_down = client.register_script(COOL_DOWN)
-        self._sync = client.register_script(SYNC)
-        self._register = client.register_script(REGISTER)
+        self._acquire = Script(ACQUIRE)
+        self._cool_down = Script(COOL_DOWN)
+        self._sync = Script(SYNC)
+        self._register = Script(REGISTER)
 
     @classmethod
     def connect(cls, url: str, password: str | None, timeout_seconds: float, prefix: str,
-                lease_seconds: float, max_connections: int = 64) -> SharedStore:
-        """A client that fails fast: no retries of its own (the pool falls back instead)
-        and at most `max_connections` to the store (callers beyond wait their turn)."""
-        pool = BlockingConnectionPool.from_url(
-            url, password=password, max_connections=max_connections, timeout=timeout_seconds,
-            socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
-            retry=Retry(NoBackoff(), 0), decode_responses=True, client_name="gptomni-relay",
-        )
-        return cls(Redis(connection_pool=pool), prefix, lease_seconds)
+                lease_seconds: float) -> SharedStore:
+        """Connects lazily, at the first command, and fails fast: no retries of its own (the
+        pool falls back instead); a command unanswered after `timeout_seconds` fails."""
+        return cls(PipelinedConnection(Endpoint.from_url(url, password), timeout_seconds), prefix, lease_seconds)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._line.aclose()
 
-    async def drop_connections(self) -> None:
-        """Closes every connection (after a failure they are suspect; new ones are made)."""
-        await self._client.connection_pool.disconnect()
+    @property
+    def batches_sent(self) -> int:
+        return self._line.batches_sent
 
     def lease_key(self, credential_id: str) -> str:
         return f"{self._tag}:leases:{credential_id}"
@@ -261,36 +297,46 @@ class SharedStore:
     def _key(self, kind: str, credential_id: str) -> str:
         return f"{self._tag}:{kind}:{credential_id}"
 
-    async def _run(self, call):  # noqa: ANN001, ANN202 - any awaitable of the client
-        try:
-            return await call
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+    def _command(self, *parts: str | int) -> asyncio.Future[Any]:
+        return self._line.send(encode_parts(*parts))
+
+    def _call(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> asyncio.Future[Any]:
+        count, rest = script_arguments(keys, args)
+        return self._line.send(encode_command(count, script.by_sha, rest),
+                               on_missing_script=lambda: encode_command(count, script.by_body, rest))
 
     # --- leases --------------------------------------------------------------------
 
     def prepare(self, candidates: Sequence[Candidate]) -> Prepared:
         return Prepared(self, candidates)
 
-    async def acquire(self, prepared: Prepared, excluded: frozenset[str] | set[str], member: str,
-                      start: int, dry: bool = False) -> int | PoolUnavailable:
-        """Takes a slot for `member` on the least-loaded usable candidate and returns its
-        index, or says why none could be taken. `dry`: take nothing, only say."""
+    def acquire(self, prepared: Prepared, excluded: frozenset[str] | set[str], member: str,
+                start: int, dry: bool = False) -> asyncio.Future[int | PoolUnavailable]:
+        """Takes a slot for `member` on the least-loaded usable candidate; the future gets
+        its index, or why none could be taken. `dry`: take nothing, only say. Cancelling
+        the future does not stop the script."""
         skip = ","
         if excluded:
             skip += "".join(f"{prepared.index[cid]}," for cid in excluded if cid in prepared.index)
-        args = [self._lease_ms, member, start, b"1" if dry else b"0", skip, *prepared.args]
-        result = await self._run(self._acquire(prepared.keys, args))
-        if result[0]:
-            return int(result[0]) - 1
-        return refusal(*(int(n) for n in result[1:]))
+        request = encode_bulk(self._lease_ms, member, start, b"1" if dry else b"0", skip)
+        script = self._acquire
+        return self._line.send(
+            encode_command(prepared.part_count, script.by_sha, prepared.keys, request, prepared.args),
+            convert=picked_or_refusal,
+            on_missing_script=lambda: encode_command(prepared.part_count, script.by_body, prepared.keys,
+                                                     request, prepared.args),
+        )
 
-    async def release(self, leases: Iterable[tuple[str, str]]) -> None:
-        """Removes (lease key, member) pairs: one round trip for all."""
-        pipe = self._client.pipeline(transaction=False)
+    def release(self, key: str, member: str) -> asyncio.Future[int]:
+        """Removes one lease (the future gets how many were removed: 0 or 1)."""
+        return self._command("ZREM", key, member)
+
+    async def release_all(self, leases: Iterable[tuple[str, str]]) -> None:
+        """Removes (lease key, member) pairs, in one batch."""
+        members: dict[str, list[str]] = {}
         for key, member in leases:
-            pipe.zrem(key, member)
-        await self._run(pipe.execute())
+            members.setdefault(key, []).append(member)
+        await asyncio.gather(*(self._command("ZREM", key, *group) for key, group in members.items()))
 
     async def register(self, leases: Sequence[tuple[str, str]], cooling: Sequence[tuple[str, float]],
                        ejected: Sequence[tuple[str, str]]) -> None:
@@ -302,7 +348,7 @@ class SharedStore:
         args += [max(1, round(seconds * 1000)) for _, seconds in cooling]
         args += [fingerprint for _, fingerprint in ejected]
         args.append(VERDICT_KEEP_SECONDS)
-        await self._run(self._register(keys, args))
+        await self._call(self._register, keys, args)
 
     async def sync(self, replica: str, leases: Sequence[tuple[str, str]],
                    credentials: Sequence[tuple[str, str]]) -> Snapshot:
@@ -315,7 +361,7 @@ class SharedStore:
                      self.lease_key(cid))
         args: list[str | int] = [replica, self._lease_ms, len(leases), *(member for _, member in leases)]
         args += [fingerprint for _, fingerprint in credentials]
-        alive, replicas, verdicts = await self._run(self._sync(keys, args))
+        alive, replicas, verdicts = await self._call(self._sync, keys, args)
         return Snapshot(
             heartbeat_was_alive=bool(alive),
             replicas=list(replicas),
@@ -325,7 +371,7 @@ class SharedStore:
         )
 
     async def leave(self, replica: str) -> None:
-        await self._run(self._client.zrem(f"{self._tag}:replicas", replica))
+        await self._command("ZREM", f"{self._tag}:replicas", replica)
 
     # --- verdicts ------------------------------------------------------------------
 
@@ -335,14 +381,14 @@ class SharedStore:
         keys = [self._key("cooling", credential_id), self._key("strikes", credential_id)]
         retry_ms = -1 if retry_after is None else max(0, round(retry_after * 1000))
         args = [round(base_seconds * 1000), round(max_seconds * 1000), retry_ms, VERDICT_KEEP_SECONDS * 1000]
-        _, left_ms = await self._run(self._cool_down(keys, args))
+        _, left_ms = await self._call(self._cool_down, keys, args)
         return int(left_ms) / 1000
 
     async def eject(self, credential_id: str, fingerprint: str) -> None:
-        await self._run(self._client.set(self._key("ejected", credential_id), fingerprint, ex=VERDICT_KEEP_SECONDS))
+        await self._command("SET", self._key("ejected", credential_id), fingerprint, "EX", VERDICT_KEEP_SECONDS)
 
     async def clear_strikes(self, credential_id: str) -> None:
-        await self._run(self._client.delete(self._key("strikes", credential_id)))
+        await self._command("DEL", self._key("strikes", credential_id))
 
     async def reinstate(self, credential_id: str) -> None:
-        await self._run(self._client.delete(*(self._key(kind, credential_id) for kind in ("ejected", "cooling", "strikes"))))
+        await self._command("DEL", *(self._key(kind, credential_id) for kind in ("ejected", "cooling", "strikes")))

@@ -1,0 +1,195 @@
+"""The shared store's pipelined connection against a real Redis, and against servers that
+hang or answer garbage: replies reach their own callers, in bursts that share writes; an
+error reply fails one command; a lost connection or a missed deadline fails a batch,
+promptly, and the next batch connects afresh."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from gptomni_relay.core.errors import AllBusy
+from gptomni_relay.core.pipelined_connection import StoreUnavailable, encode_bulk, encode_command
+from gptomni_relay.core.shared_store import Candidate, SharedStore
+from tests.redis_server import RedisServer
+from tests.system_parts import require_binary
+
+TIMEOUT = 0.5
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def store_at(url: str, prefix: str = "t") -> SharedStore:
+    return SharedStore.connect(url, None, TIMEOUT, prefix, lease_seconds=30)
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[SharedStore]:
+    shared = store_at(redis_server.url)
+    yield shared
+    await shared.aclose()
+
+
+def command(*parts: str | int) -> bytes:
+    return encode_command(len(parts), encode_bulk(*parts))
+
+
+async def test_a_burst_shares_writes_and_every_caller_gets_its_own_reply(store: SharedStore) -> None:
+    line = store._line
+    replies = await asyncio.gather(*(line.send(command("ECHO", f"caller-{i}")) for i in range(300)))
+    assert replies == [f"caller-{i}" for i in range(300)]
+    assert line.batches_sent == 1  # sent in one event-loop turn: written together
+
+
+async def test_an_error_reply_fails_only_its_own_command(store: SharedStore, redis_server: RedisServer) -> None:
+    redis_server.client().set("not-a-number", "x")
+    line = store._line
+    before, wrong, after = line.send(command("ECHO", "a")), line.send(command("INCR", "not-a-number")), \
+        line.send(command("ECHO", "b"))
+    assert await before == "a" and await after == "b"
+    with pytest.raises(StoreUnavailable, match="not an integer"):
+        await wrong
+    assert line.batches_sent == 1
+
+
+async def test_a_caller_that_stops_waiting_leaves_the_replies_in_order(store: SharedStore) -> None:
+    line = store._line
+    first = line.send(command("ECHO", "first"))
+    first.cancel()
+    assert await line.send(command("ECHO", "second")) == "second"
+    assert await line.send(command("ECHO", "third")) == "third"
+
+
+async def test_acquire_works_after_the_script_cache_is_flushed(store: SharedStore, redis_server: RedisServer) -> None:
+    prepared = store.prepare([Candidate("c", 1, 1, "fp")])
+    assert await store.acquire(prepared, frozenset(), "r:1", 0) == 0
+    redis_server.client().script_flush()
+    assert isinstance(await store.acquire(prepared, frozenset(), "r:2", 0), AllBusy)  # EVAL, then cached
+    assert redis_server.client().script_exists(_sha(store))[0]
+    store.release(store.lease_key("c"), "r:1")
+    assert await store.acquire(prepared, frozenset(), "r:3", 0) == 0
+
+
+def _sha(store: SharedStore) -> str:
+    return store._acquire.by_sha.split(b"\r\n")[3].decode()
+
+
+async def test_a_stopped_store_fails_commands_within_the_deadline_and_a_restarted_one_answers(
+        store: SharedStore, redis_server: RedisServer) -> None:
+    line = store._line
+    assert await line.send(command("PING")) == "PONG"
+    redis_server.stop()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await line.send(command("PING"))
+    assert time.monotonic() - started < TIMEOUT + 0.5
+    redis_server.start()
+    # The first batch after the restart connects afresh: the failed one dropped the old connection.
+    assert await line.send(command("PING")) == "PONG"
+
+
+async def _serve(handler) -> tuple[asyncio.Server, str]:  # noqa: ANN001
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.mark.parametrize("behaviour", ["hangs", "stalls", "garbage", "closes", "floods", "chatters"])
+async def test_a_misbehaving_store_fails_each_command_promptly(behaviour: str) -> None:
+    """hangs: never answers; stalls: answers the greeting, then nothing; garbage: not RESP;
+    closes: hangs up; floods: a reply without end; chatters: a reply nobody asked for (it
+    could only be taken for a later command's)."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        greeted = False
+        try:
+            while await reader.read(65536):
+                if not greeted and behaviour in ("stalls", "floods", "chatters"):
+                    greeted = True
+                    writer.write(b"+OK\r\n")  # CLIENT SETNAME
+                elif behaviour == "garbage":
+                    writer.write(b"%not-resp\x00\xff\r\n" * 1000)
+                elif behaviour == "closes":
+                    return
+                elif behaviour == "floods":
+                    writer.write(b"$999999999\r\n")
+                    for _ in range(10):  # 10 MB: past the bound, in well under the deadline
+                        writer.write(b"x" * 1024 * 1024)
+                        await writer.drain()
+                elif behaviour == "chatters":
+                    writer.write(b"+PONG\r\n+PONG\r\n")
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server, url = await _serve(handler)
+    shared = store_at(url)
+    try:
+        for attempt in range(3):
+            started = time.monotonic()
+            if behaviour == "chatters":  # the first PONG is the reply; the second, unasked, ends the link
+                assert await shared._line.send(command("PING")) == "PONG"
+                await asyncio.sleep(0.05)
+            else:
+                with pytest.raises(StoreUnavailable):
+                    await shared._line.send(command("PING"))
+            assert time.monotonic() - started < TIMEOUT + 0.5, attempt
+        assert connections == 3  # every failure dropped its connection; the next command made a new one
+    finally:
+        await shared.aclose()
+        server.close()
+
+
+async def test_a_unix_socket_a_database_and_a_password(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    binary = require_binary("redis-server", "20-redis.sh")
+    process = subprocess.Popen([str(binary), "--port", "0", "--unixsocket", str(socket_path), "--save", "",
+                                "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", "s3cret"],
+                               stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if socket_path.exists():
+                break
+            await asyncio.sleep(0.05)
+        wrong = store_at(f"unix://{socket_path}?db=3&password=wrong")
+        with pytest.raises(StoreUnavailable, match="WRONGPASS|invalid"):
+            await wrong._line.send(command("PING"))
+        await wrong.aclose()
+        shared = SharedStore.connect(f"unix://{socket_path}?db=3", "s3cret", TIMEOUT, "t", lease_seconds=30)
+        try:
+            await shared._line.send(command("SET", "where", "db3"))
+            assert await shared._line.send(command("CLIENT", "GETNAME")) == "gptomni-relay"
+            assert await shared._line.send(command("GET", "where")) == "db3"
+        finally:
+            await shared.aclose()
+        with redis.Redis(unix_socket_path=str(socket_path), password="s3cret", db=3) as check:
+            assert check.get("where") == b"db3"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def test_closing_fails_what_is_queued_and_refuses_what_comes_after(store: SharedStore) -> None:
+    line = store._line
+    queued = [line.send(command("ECHO", str(i))) for i in range(5)]
+    await store.aclose()
+    results = await asyncio.gather(*queued, return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in results)
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await line.send(command("PING"))
