@@ -3,6 +3,7 @@
     .venv/bin/python bench/shared_pool_cost.py          # the table, about three minutes
     .venv/bin/python bench/shared_pool_cost.py --e2e    # and the relay local vs shared under load
                                                         # (alternating rounds, as bench/ab_compare.py)
+    .venv/bin/python bench/shared_pool_cost.py --e2e --against 15e86ff   # and that revision's shared pool
 
 Starts its own redis-server (Debian's, scripts/provision/20-redis.sh) on a free loopback
 port without persistence and stops it by PID. For 1, 8 and 32 credentials it measures, on
@@ -31,7 +32,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import redis
@@ -184,6 +185,8 @@ def main() -> None:
     parser.add_argument("--e2e", action="store_true", help="also the relay, local vs shared pool, under load")
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", choices=("chat", "fast", "slow"), default="chat")
+    parser.add_argument("--against", metavar="REVISION", help="with --e2e: also that git revision's shared pool")
     args = parser.parse_args()
     rows: dict[tuple[str, int], dict[str, float]] = {}
     with redis_server() as url, asyncio.Runner(loop_factory=event_loop_factory()) as runner:
@@ -198,9 +201,13 @@ def main() -> None:
         if args.e2e:
             import ab_compare
 
-            sides = {"local": {}, "shared": {"GPTOMNI_REDIS_URL": url}}
-            results = ab_compare.alternate(sides, args.streams, "chat", args.rounds, 10)
-            ab_compare.print_medians(results, args.streams, "chat")
+            with ExitStack() as stack:
+                sides: dict[str, dict[str, str]] = {"local": {}, "shared": {"GPTOMNI_REDIS_URL": url}}
+                if args.against:
+                    sides[f"shared@{args.against}"] = {
+                        "GPTOMNI_REDIS_URL": url, "PYTHONPATH": stack.enter_context(ab_compare.service_path(args.against))}
+                results = ab_compare.alternate(sides, args.streams, args.profile, args.rounds, 10)
+            ab_compare.print_medians(results, args.streams, args.profile)
 
 
 if __name__ == "__main__":

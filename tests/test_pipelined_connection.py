@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from gptomni_relay.core.errors import AllBusy
-from gptomni_relay.core.pipelined_connection import StoreUnavailable, encode_bulk, encode_command
+from gptomni_relay.core.pipelined_connection import Endpoint, StoreUnavailable, encode_bulk, encode_command
 from gptomni_relay.core.shared_store import Candidate, SharedStore
 from tests.redis_server import RedisServer
 from tests.system_parts import require_binary
@@ -180,6 +180,7 @@ async def test_a_unix_socket_a_database_and_a_password(tmp_path: Path) -> None:
             await shared.aclose()
         with redis.Redis(unix_socket_path=str(socket_path), password="s3cret", db=3) as check:
             assert check.get("where") == b"db3"
+        assert "s3cret" not in repr(Endpoint.from_url(f"unix://{socket_path}", "s3cret"))
     finally:
         process.terminate()
         process.wait(10)

@@ -30,7 +30,7 @@ import collections
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
@@ -72,7 +72,7 @@ class Endpoint:
     port: int = 6379
     unix_path: str | None = None
     tls: ssl.SSLContext | None = None
-    hand_shake: tuple[bytes, ...] = ()
+    hand_shake: tuple[bytes, ...] = field(default=(), repr=False)  # AUTH carries the password
 
     @classmethod
     def from_url(cls, url: str, password: str | None = None, client_name: str = "gptomni-relay") -> Endpoint:
