@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness import BackgroundLoop, Harness, start_harness
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -59,3 +61,12 @@ def cluster(apiserver: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield Cluster(apiserver, simulator.sim, simulator.url, tmp_path_factory.mktemp("releases"))
     finally:
         loop.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real Redis of the test's own (Debian's redis-server on a free loopback port)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,6 @@ from tests.redis_server import RedisServer
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 SOLO = "session=solo"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def start_replicas(make_relay: Callable[..., Harness], sim: SimulatorState, count: int, **settings: Any) -> list[Harness]:
