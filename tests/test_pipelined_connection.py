@@ -6,6 +6,8 @@ promptly, and the next batch connects afresh."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -14,9 +16,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from gptomni_relay.core.errors import AllBusy
+from gptomni_relay.core.errors import AllBusy, AllCoolingDown
 from gptomni_relay.core.pipelined_connection import Endpoint, StoreUnavailable, encode_bulk, encode_command
 from gptomni_relay.core.shared_store import Candidate, SharedStore
+from gptomni_relay.settings import RelaySettings
+from gptomni_relay.state import ConfigurationError, build_pool
 from tests.redis_server import RedisServer
 from tests.system_parts import require_binary
 
@@ -98,11 +102,11 @@ async def _serve(handler) -> tuple[asyncio.Server, str]:  # noqa: ANN001
     return server, f"redis://127.0.0.1:{port}/0"
 
 
-@pytest.mark.parametrize("behaviour", ["hangs", "stalls", "garbage", "closes", "floods", "chatters"])
+@pytest.mark.parametrize("behaviour", ["hangs", "stalls", "garbage", "closes", "floods", "floods_array", "chatters"])
 async def test_a_misbehaving_store_fails_each_command_promptly(behaviour: str) -> None:
     """hangs: never answers; stalls: answers the greeting, then nothing; garbage: not RESP;
-    closes: hangs up; floods: a reply without end; chatters: a reply nobody asked for (it
-    could only be taken for a later command's)."""
+    closes: hangs up; floods: a reply without end (a string, an array); chatters: a reply
+    nobody asked for (it could only be taken for a later command's)."""
     connections = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -118,10 +122,11 @@ async def test_a_misbehaving_store_fails_each_command_promptly(behaviour: str) -
                     writer.write(b"%not-resp\x00\xff\r\n" * 1000)
                 elif behaviour == "closes":
                     return
-                elif behaviour == "floods":
-                    writer.write(b"$999999999\r\n")
-                    for _ in range(10):  # 10 MB: past the bound, in well under the deadline
-                        writer.write(b"x" * 1024 * 1024)
+                elif behaviour in ("floods", "floods_array"):
+                    # 10 MB of one reply that never ends: past the bound, well within the deadline
+                    writer.write(b"$999999999\r\n" if behaviour == "floods" else b"*999999999\r\n")
+                    for _ in range(10):
+                        writer.write(b"x" * 1024 * 1024 if behaviour == "floods" else b":1\r\n" * 256 * 1024)
                         await writer.drain()
                 elif behaviour == "chatters":
                     writer.write(b"+PONG\r\n+PONG\r\n")
@@ -143,9 +148,65 @@ async def test_a_misbehaving_store_fails_each_command_promptly(behaviour: str) -
                     await shared._line.send(command("PING"))
             assert time.monotonic() - started < TIMEOUT + 0.5, attempt
         assert connections == 3  # every failure dropped its connection; the next command made a new one
+        started = time.monotonic()
+        gc.collect()  # nothing huge was built meanwhile (hiredis sizes an array by its header)
+        assert time.monotonic() - started < 0.5
     finally:
         await shared.aclose()
         server.close()
+
+
+@pytest.mark.parametrize("first_connection", ["chatters after the greeting", "is a demoted primary"])
+async def test_a_connection_that_went_wrong_is_replaced_at_the_next_command(first_connection: str) -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        await reader.read(65536)  # CLIENT SETNAME
+        writer.write(b"+OK\r\n+UNASKED\r\n" if first and first_connection.startswith("chatters") else b"+OK\r\n")
+        while await reader.read(65536):
+            if first and first_connection.startswith("is a demoted"):
+                writer.write(b"-READONLY You can't write against a read only replica.\r\n")
+            else:
+                writer.write(b"+PONG\r\n")
+        writer.close()
+
+    server, url = await _serve(handler)
+    shared = store_at(url)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await shared._line.send(command("PING"))
+        assert await shared._line.send(command("PING")) == "PONG"
+        assert connections == 2
+    finally:
+        await shared.aclose()
+        server.close()
+
+
+def test_tls_options_are_honoured_or_refused() -> None:
+    strict = Endpoint.from_url("rediss://store.example:6380/0").tls
+    assert strict is not None and strict.check_hostname and strict.verify_mode == ssl.CERT_REQUIRED
+    lax = Endpoint.from_url("rediss://10.0.0.7:6380/0?ssl_check_hostname=false&ssl_cert_reqs=optional").tls
+    assert lax is not None and not lax.check_hostname and lax.verify_mode == ssl.CERT_OPTIONAL
+    off = Endpoint.from_url("rediss://store.example/0?ssl_cert_reqs=none").tls
+    assert off is not None and off.verify_mode == ssl.CERT_NONE
+    with pytest.raises(ValueError, match="ssl_min_version"):
+        Endpoint.from_url("rediss://store.example/0?ssl_min_version=3")
+    with pytest.raises(ValueError, match="ssl_cert_reqs"):
+        Endpoint.from_url("rediss://store.example/0?ssl_cert_reqs=sometimes")
+
+
+async def test_a_cooldown_written_by_an_older_relay_still_holds(store: SharedStore, redis_server: RedisServer) -> None:
+    redis_server.client().set(store._key("cooling", "c"), "1", px=60_000)  # the strike count, as before
+    refused = await store.acquire(store.prepare([Candidate("c", 1, 1, "fp")]), frozenset(), "r:1", 0)
+    assert isinstance(refused, AllCoolingDown) and refused.retry_after > 50
+
+
+async def test_acquire_with_more_credentials_than_lua_can_unpack(store: SharedStore) -> None:
+    candidates = [Candidate(f"c{i}", 1, 1, "fp") for i in range(8_200)]
+    assert await store.acquire(store.prepare(candidates), frozenset(), "r:1", 0) == 0
 
 
 async def test_a_unix_socket_a_database_and_a_password(tmp_path: Path) -> None:
@@ -186,3 +247,10 @@ async def test_closing_fails_what_is_queued_and_refuses_what_comes_after(store: 
     assert all(isinstance(r, StoreUnavailable) for r in results)
     with pytest.raises(StoreUnavailable, match="closed"):
         await line.send(command("PING"))
+
+
+def test_a_tls_option_the_relay_cannot_honour_is_a_configuration_error() -> None:
+    settings = RelaySettings(redis_url="rediss://:hunter2-secret@store.example/0?ssl_min_version=3")
+    with pytest.raises(ConfigurationError, match="GPTOMNI_REDIS_URL: unsupported TLS options") as refused:
+        build_pool(settings)
+    assert "hunter2" not in str(refused.value)

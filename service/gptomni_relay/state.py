@@ -130,8 +130,11 @@ def build_pool(settings: RelaySettings) -> Pool:
         password = settings.load_redis_password()
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read GPTOMNI_REDIS_PASSWORD_FILE: {exc}") from None
-    store = SharedStore.connect(settings.redis_url, password, settings.redis_timeout_seconds,
-                                settings.redis_key_prefix, settings.pool_lease_seconds)
+    try:
+        store = SharedStore.connect(settings.redis_url, password, settings.redis_timeout_seconds,
+                                    settings.redis_key_prefix, settings.pool_lease_seconds)
+    except (OSError, ValueError) as exc:  # the URL's TLS options or files
+        raise ConfigurationError(f"GPTOMNI_REDIS_URL: {exc}") from None
     return SharedCredentialPool(
         store,
         replica_id=f"{socket.gethostname()}-{secrets.token_hex(3)}",

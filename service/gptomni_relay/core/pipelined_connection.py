@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,14 @@ log = logging.getLogger(__name__)
 
 # A reply larger than this (or garbage that never completes one) ends the connection.
 MAX_REPLY_BYTES = 8 * 1024 * 1024
+# Error replies from a node that cannot serve us now (a demoted primary, one still loading
+# or cut off from its primary): the connection is dropped, so the next command connects
+# afresh and finds the current primary behind the same name.
+NODE_CANNOT_SERVE = ("READONLY", "LOADING", "MASTERDOWN")
+# hiredis allocates an array (map, set, push) for as many elements as its header declares,
+# before any arrives: `*999999999` would be 8 GB of pointers. A header declaring a million
+# or more (seven digits) ends the connection; the relay's largest replies have thousands.
+HUGE_AGGREGATE = re.compile(rb"[*%~>|]\d{7,}\r")
 
 
 class StoreUnavailable(Exception):
@@ -76,8 +85,8 @@ class Endpoint:
 
     @classmethod
     def from_url(cls, url: str, password: str | None = None, client_name: str = "gptomni-relay") -> Endpoint:
-        """`password` wins over one in the URL. TLS verifies the server against the system's
-        CAs, or `?ssl_ca_certs=<file>`; `?ssl_cert_reqs=none` turns verification off."""
+        """`password` (GPTOMNI_REDIS_PASSWORD or its file) wins over one in the URL. TLS
+        options: `tls_context`. Raises ValueError for options it cannot honour."""
         options: dict[str, Any] = dict(parse_url(url))
         username, password = options.get("username"), password or options.get("password")
         greeting: list[bytes] = []
@@ -89,14 +98,35 @@ class Endpoint:
         kind = options.get("connection_class")
         if kind is UnixDomainSocketConnection:
             return cls(unix_path=options["path"], hand_shake=tuple(greeting))
-        tls = None
-        if kind is SSLConnection:
-            tls = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
-            if str(options.get("ssl_cert_reqs", "required")).lower() == "none":
-                tls.check_hostname = False
-                tls.verify_mode = ssl.CERT_NONE
+        tls = tls_context(options) if kind is SSLConnection else None
         return cls(host=options.get("host") or "127.0.0.1", port=int(options.get("port") or 6379), tls=tls,
                    hand_shake=tuple(greeting))
+
+
+TLS_VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+TLS_OPTIONS = {"ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_check_hostname", "ssl_certfile", "ssl_keyfile",
+               "ssl_password"}
+
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """A `rediss://` URL's TLS options, as redis-py names them; any other `ssl_*` option is
+    refused rather than ignored (a setting that silently does nothing is worse)."""
+    unknown = sorted(name for name in options if name.startswith("ssl_") and name not in TLS_OPTIONS)
+    if unknown:
+        raise ValueError(f"unsupported TLS options in the Redis URL: {', '.join(unknown)} "
+                         f"(supported: {', '.join(sorted(TLS_OPTIONS))})")
+    requirement = str(options.get("ssl_cert_reqs") or "required").lower()
+    if requirement not in TLS_VERIFY:
+        raise ValueError(f"ssl_cert_reqs must be one of {', '.join(TLS_VERIFY)}")
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"), capath=options.get("ssl_ca_path"))
+    check_hostname = options.get("ssl_check_hostname", True)
+    if isinstance(check_hostname, str):
+        check_hostname = check_hostname.lower() not in ("0", "false", "no", "off")
+    context.check_hostname = bool(check_hostname) and requirement != "none"
+    context.verify_mode = TLS_VERIFY[requirement]
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"), options.get("ssl_password"))
+    return context
 
 
 class _Sent:
@@ -120,6 +150,8 @@ class _Link(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.waiting: collections.deque[_Sent] = collections.deque()
         self.lost = False
+        self._incomplete = 0
+        self._tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -134,7 +166,12 @@ class _Link(asyncio.Protocol):
         self._transport.write(b"".join(entry.command for entry in entries))
 
     def data_received(self, data: bytes) -> None:
+        if HUGE_AGGREGATE.search(self._tail + data):  # with the last read's end: a header split across reads
+            self.drop(StoreUnavailable("the store declared a reply of a million elements or more"))
+            return
+        self._tail = data[-16:]
         self._reader.feed(data)
+        completed = False
         while True:
             try:
                 reply = self._reader.gets()
@@ -146,8 +183,12 @@ class _Link(asyncio.Protocol):
             if not self.waiting:
                 self.drop(StoreUnavailable("the store replied to a command never sent"))
                 return
+            completed = True
             self._owner._answer(self.waiting.popleft(), reply)
-        if self._reader.len() > MAX_REPLY_BYTES:
+        # Bytes of the reply not complete yet: at most this read's if one completed in it.
+        # (hiredis keeps a long array's parsed elements as objects, not in its buffer.)
+        self._incomplete = len(data) if completed else self._incomplete + len(data)
+        if self._incomplete > MAX_REPLY_BYTES:
             self.drop(StoreUnavailable(f"a reply from the store exceeds {MAX_REPLY_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -194,6 +235,12 @@ class PipelinedConnection:
             loop.call_soon(self._flush)
         return future
 
+    def reconnect(self) -> None:
+        """Drops the connection (commands waiting on it fail); the next command connects
+        afresh, resolving the store's name again (a failover may have moved it)."""
+        if self._link is not None:
+            self._link.drop(StoreUnavailable("the connection to the store was dropped"))
+
     async def aclose(self) -> None:
         self._closed = True
         if self._connecting is not None:
@@ -224,6 +271,8 @@ class PipelinedConnection:
                 for answer in await asyncio.gather(*(sent.future for sent in greeting), return_exceptions=True):
                     if isinstance(answer, BaseException):
                         raise answer
+                if link.lost:  # dropped after greeting back (garbage or an unasked reply came with it)
+                    raise StoreUnavailable("the store dropped the connection after the hand-shake")
         except BaseException as exc:
             self._connecting = None
             failure = StoreUnavailable(f"cannot reach the store: {type(exc).__name__}: {exc}" if str(exc)
@@ -245,6 +294,8 @@ class PipelinedConnection:
         self._flush_scheduled = False
         if not self._outgoing:
             return
+        if self._link is not None and self._link.lost:
+            self._link = None
         if self._link is None:
             if self._connecting is None and not self._closed:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect(), name="shared-store-connect")
@@ -285,6 +336,8 @@ class PipelinedConnection:
                 return
             if not future.done():
                 future.set_exception(StoreUnavailable(f"the store refused a command: {reply}"))
+            if str(reply).startswith(NODE_CANNOT_SERVE):
+                self.reconnect()
             return
         if future.done():
             return

@@ -408,6 +408,8 @@ class SharedCredentialPool:
         if not self._in_outage:
             self._in_outage = True
             self._excess_until = self._local.now() + self._lease_seconds
+            # The connection may be stale, or to a node that stopped being the primary.
+            self._store.reconnect()
             log.warning(
                 "shared pool store unreachable: this replica serves within its share of each credential until "
                 "the store answers again",

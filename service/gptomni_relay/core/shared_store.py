@@ -57,8 +57,16 @@ local lease_ms = tonumber(ARGV[1])
 local n = #KEYS / 3
 local start = tonumber(ARGV[3])
 if n == 0 then return {0, 0, 0, 0, -1} end
-local cooling_until = redis.call('MGET', unpack(KEYS, n + 1, 2 * n))
-local ejected = redis.call('MGET', unpack(KEYS, 2 * n + 1, 3 * n))
+local function mget(first, last)  -- in parts: unpack() has a limit (~8,000 values)
+  local values = {}
+  for from = first, last, 1000 do
+    local part = redis.call('MGET', unpack(KEYS, from, math.min(from + 999, last)))
+    for j = 1, #part do values[#values + 1] = part[j] end
+  end
+  return values
+end
+local cooling_until = mget(n + 1, 2 * n)
+local ejected = mget(2 * n + 1, 3 * n)
 local usable, untried, healthy, soonest = 0, 0, 0, -1
 local best, best_load = -1, 0
 for step = 0, n - 1 do
@@ -68,7 +76,12 @@ for step = 0, n - 1 do
     usable = usable + 1
     if not string.find(ARGV[5], ',' .. i .. ',', 1, true) then
       untried = untried + 1
-      local cooling = (tonumber(cooling_until[i + 1]) or 0) - now
+      local cooling = 0
+      if cooling_until[i + 1] then
+        cooling = (tonumber(cooling_until[i + 1]) or 0) - now
+        -- An older relay wrote the strike count there, not the end: its expiry says.
+        if cooling < -1e12 then cooling = redis.call('PTTL', KEYS[n + i + 1]) end
+      end
       if cooling > 0 then
         if soonest < 0 or cooling < soonest then soonest = cooling end
       else
@@ -286,6 +299,10 @@ class SharedStore:
 
     async def aclose(self) -> None:
         await self._line.aclose()
+
+    def reconnect(self) -> None:
+        """After a failure: the next command connects afresh (see PipelinedConnection)."""
+        self._line.reconnect()
 
     @property
     def batches_sent(self) -> int:
