@@ -8,6 +8,7 @@ port, so the simulator counts every replica's requests together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -20,8 +21,9 @@ import openai
 import pytest
 
 from gptomni_relay.core.pool import Health, PoolMode
-from gptomni_relay.simulator import Behaviour, SimulatorState
-from tests.harness import API_KEY, Harness, sample_value
+from gptomni_relay.server import serve_app
+from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
+from tests.harness import API_KEY, BackgroundLoop, Harness, sample_value
 from tests.processes import relay_process
 from tests.redis_server import RedisServer
 
@@ -73,6 +75,28 @@ async def test_max_concurrency_one_holds_across_two_replicas(redis_server: Redis
     assert statuses == [200] * 6
     # The control shows the simulator would see the overlap: per-replica pools allow 2.
     assert sim.peak_by_session[SOLO] == (1 if shared else 2)
+
+
+async def test_three_relay_processes_never_exceed_the_limit_together(redis_server: RedisServer,
+                                                                     servers: BackgroundLoop) -> None:
+    """Three `python -m gptomni_relay` processes, one Redis, one simulated GPT-Omni: bursts
+    that would put up to 3 x 2 answers on the cookie if each process had its own pool."""
+    sim = SimulatorState(default=Behaviour(token_delay=0.05, answer_words=6))
+    upstream = servers.enter(serve_app(build_simulator_app(sim)))
+    env = {"GPTOMNI_UPSTREAM_URL": upstream.url, "GPTOMNI_API_KEYS": API_KEY, "GPTOMNI_CREDENTIALS": f'["{SOLO}"]',
+           "GPTOMNI_DEFAULT_MAX_CONCURRENCY": "2", "GPTOMNI_REDIS_URL": redis_server.url, "GPTOMNI_REPLICAS": "3",
+           "GPTOMNI_ACQUIRE_TIMEOUT_SECONDS": "20", "GPTOMNI_HOST": "127.0.0.1", "GPTOMNI_LOG_FORMAT": "text"}
+    with relay_process(env=env) as a, relay_process(env=env) as b, relay_process(env=env) as c:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(httpx.AsyncClient(
+                base_url=relay.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)) for relay in (a, b, c)]
+            for _ in range(2):
+                statuses = await asyncio.gather(*(
+                    client.post("/v1/chat/completions", json={"model": "gptomni", "messages": MESSAGES})
+                    for client in clients * 4))
+                assert [response.status_code for response in statuses] == [200] * 12
+    assert sim.peak_by_session[SOLO] == 2
+    assert sim.completed == 24
 
 
 async def test_selection_counts_every_replicas_requests(redis_server: RedisServer, make_relay) -> None:  # noqa: ANN001

@@ -97,6 +97,7 @@ class SharedCredentialPool:
         self._in_outage = False  # logged once per outage
         self._settle_until: float | None = None  # back in the store: shared mode from this loop time
         self._replicas: list[str] = []  # live replicas, sorted, as last seen in the store
+        self._peers_before_outage: set[str] = set()  # the others alive when the store was last reached
         self._rank: int | None = None  # this replica's place among them
         self._others_excess: dict[str, int] = {}  # credential -> leases other replicas hold beyond their shares
         self._excess_until = 0.0  # in an outage: until then, that excess counts against this replica's share
@@ -328,14 +329,18 @@ class SharedCredentialPool:
 
     async def sync_once(self) -> None:
         """Heartbeat, lease renewal and the store's verdicts; after an outage, rejoining."""
-        leases = [(lease.key, lease.member) for lease in self._leases.values() if lease.registered]
         credentials = [(c.id, c.fingerprint) for c in self._candidates]
         try:
-            snapshot = await self._store.sync(self._replica, leases, credentials)
-            self._replicas = sorted(snapshot.replicas)
-            self._rank = self._replicas.index(self._replica) if self._replica in self._replicas else None
-            if not self._store_up or (self._mode is PoolMode.SHARED and not snapshot.heartbeat_was_alive):
+            if not self._store_up:
+                # Leases first, heartbeat after: a replica alive in the store has its leases there.
                 await self._rejoin()
+            leases = [(lease.key, lease.member) for lease in self._leases.values() if lease.registered]
+            snapshot = await self._store.sync(self._replica, leases, credentials)
+            before, self._replicas = self._replicas, sorted(snapshot.replicas)
+            self._rank = self._replicas.index(self._replica) if self._replica in self._replicas else None
+            if self._mode is PoolMode.SHARED and not snapshot.heartbeat_was_alive:
+                self._peers_before_outage = set(before) - {self._replica}
+                await self._rejoin()  # the store restarted (or this process stalled) unnoticed
                 return  # the snapshot predates what was just put back
             for credential_id, verdict in snapshot.verdicts.items():
                 self._local.mirror(credential_id, verdict.ejected, verdict.cooling_for, verdict.strikes)
@@ -359,7 +364,8 @@ class SharedCredentialPool:
         cooling = [(s.credential.id, s.cooling_until - now) for s in self._local.slots() if s.cooling_until > now]
         ejected = [(s.credential.id, cookie_fingerprint(s.credential.cookie)) for s in self._local.slots() if s.ejected]
         registered = await self._register_pending(cooling, ejected)
-        self._store_up = True
+        self._store_up = True  # from here on, acquires go through the store (within the share)
+        registered += await self._register_pending()  # those taken in fallback during that await
         self._settle_until = loop.time() + self._sync_seconds * 1.5
         if self._in_outage:
             self._in_outage = False
@@ -367,7 +373,14 @@ class SharedCredentialPool:
                      "more tick", extra={"store": self._address, "leases": registered, "replicas": len(self._replicas)})
 
     async def _finish_settling(self) -> None:
-        if asyncio.get_running_loop().time() < self._settle_until:  # type: ignore[operator]
+        """Back to shared mode once every replica has had a tick to rejoin: at least 1.5
+        ticks, and until the replicas alive before the outage are alive in the store again
+        (so their leases are there too), or one lease time more (a replica that died)."""
+        now = asyncio.get_running_loop().time()
+        if now < self._settle_until:  # type: ignore[operator]
+            return
+        peers_back = self._peers_before_outage <= set(self._replicas)
+        if not peers_back and now < self._settle_until + self._lease_seconds:  # type: ignore[operator]
             return
         await self._register_pending()
         # Leases taken in fallback during that await are not in the store yet: next tick.
@@ -407,6 +420,7 @@ class SharedCredentialPool:
         self._settle_until = None
         if not self._in_outage:
             self._in_outage = True
+            self._peers_before_outage = set(self._replicas) - {self._replica}
             self._excess_until = self._local.now() + self._lease_seconds
             # The connection may be stale, or to a node that stopped being the primary.
             self._store.reconnect()
