@@ -215,6 +215,9 @@ class PipelinedConnection:
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
+        # Told whenever the connection in use is lost, even with no command waiting (an idle
+        # connection to a store that restarted): what was kept there may be gone.
+        self.on_lost: Callable[[StoreUnavailable], None] | None = None
         self.batches_sent = 0  # writes to the store: how well commands share them (tests, benchmarks)
 
     def send(self, command: bytes, convert: Callable[[Any], Any] | None = None,
@@ -348,9 +351,11 @@ class PipelinedConnection:
             future.set_exception(StoreUnavailable(f"unexpected reply: {type(exc).__name__}"))
 
     def _lost(self, link: _Link, waiting: list[_Sent], error: StoreUnavailable) -> None:
+        self._fail(waiting, error)
         if self._link is link:
             self._link = None
-        self._fail(waiting, error)
+            if self.on_lost is not None and not self._closed:
+                self.on_lost(error)
 
     @staticmethod
     def _fail(entries: list[_Sent], error: StoreUnavailable) -> None:

@@ -84,6 +84,7 @@ class SharedCredentialPool:
                  sync_seconds: float, cooldown_base_seconds: float = 5.0, cooldown_max_seconds: float = 300.0,
                  store_address: str = "") -> None:
         self._store = store
+        store.on_connection_lost(self._store_failed)  # even an idle one: the store may have restarted
         self._local = CredentialPool(cooldown_base_seconds, cooldown_max_seconds, limit=self._share)
         self._cooldown_base = cooldown_base_seconds
         self._cooldown_max = cooldown_max_seconds
@@ -98,6 +99,9 @@ class SharedCredentialPool:
         self._settle_until: float | None = None  # back in the store: shared mode from this loop time
         self._replicas: list[str] = []  # live replicas, sorted, as last seen in the store
         self._peers_before_outage: set[str] = set()  # the others alive when the store was last reached
+        self._view_before_outage: tuple[int | None, int] | None = None  # (rank, replicas) then
+        self._registered_on_return = 0
+        self._settling = asyncio.Lock()
         self._rank: int | None = None  # this replica's place among them
         self._others_excess: dict[str, int] = {}  # credential -> leases other replicas hold beyond their shares
         self._excess_until = 0.0  # in an outage: until then, that excess counts against this replica's share
@@ -197,7 +201,13 @@ class SharedCredentialPool:
                 if self._mode is PoolMode.SHARED:
                     return await self._acquire_shared(exclude)
                 if self._store_up:  # settling: in the store, and within this replica's share
-                    return await self._acquire_shared(exclude, self._at_share())
+                    # One at a time, so that each counts the ones before it (in the local book).
+                    async with self._settling:
+                        if self._mode is PoolMode.SHARED:
+                            return await self._acquire_shared(exclude)
+                        if self._store_up:
+                            return await self._acquire_shared(exclude, self._at_share())
+                    continue  # the store went away meanwhile
                 return self._adopt(self._local.try_acquire(exclude))
             except StoreUnavailable:
                 continue  # now in fallback: try again there at once
@@ -276,9 +286,12 @@ class SharedCredentialPool:
 
     def _forget(self, lease: SharedLease) -> None:
         self._leases.pop(lease.member, None)
+        if self._registering:  # it may be in the registration on its way: remove it after that
+            self._unreleased.add((lease.key, lease.member))
+            return
         if not lease.registered:
             return
-        if self._registering or not self._store_up:
+        if not self._store_up:
             self._unreleased.add((lease.key, lease.member))
             return
         self._release_in_store(lease.key, lease.member)
@@ -336,10 +349,17 @@ class SharedCredentialPool:
                 await self._rejoin()
             leases = [(lease.key, lease.member) for lease in self._leases.values() if lease.registered]
             snapshot = await self._store.sync(self._replica, leases, credentials)
+            if self._in_outage:
+                self._in_outage = False
+                log.info("shared pool store reachable again: leases re-registered; cluster-wide limits once the "
+                         "other replicas are back", extra={"store": self._address, "leases": self._registered_on_return,
+                                                            "replicas": len(snapshot.replicas)})
             before, self._replicas = self._replicas, sorted(snapshot.replicas)
             self._rank = self._replicas.index(self._replica) if self._replica in self._replicas else None
             if self._mode is PoolMode.SHARED and not snapshot.heartbeat_was_alive:
                 self._peers_before_outage = set(before) - {self._replica}
+                self._view_before_outage = (before.index(self._replica) if self._replica in before else None,
+                                            max(self._expected_replicas, len(before)))
                 await self._rejoin()  # the store restarted (or this process stalled) unnoticed
                 return  # the snapshot predates what was just put back
             for credential_id, verdict in snapshot.verdicts.items():
@@ -363,14 +383,11 @@ class SharedCredentialPool:
         now = self._local.now()
         cooling = [(s.credential.id, s.cooling_until - now) for s in self._local.slots() if s.cooling_until > now]
         ejected = [(s.credential.id, cookie_fingerprint(s.credential.cookie)) for s in self._local.slots() if s.ejected]
-        registered = await self._register_pending(cooling, ejected)
+        registered = await self._register_pending(cooling, ejected, always=True)  # a round trip, even if empty
         self._store_up = True  # from here on, acquires go through the store (within the share)
         registered += await self._register_pending()  # those taken in fallback during that await
         self._settle_until = loop.time() + self._sync_seconds * 1.5
-        if self._in_outage:
-            self._in_outage = False
-            log.info("shared pool store reachable again: leases re-registered; cluster-wide limits after one "
-                     "more tick", extra={"store": self._address, "leases": registered, "replicas": len(self._replicas)})
+        self._registered_on_return = registered
 
     async def _finish_settling(self) -> None:
         """Back to shared mode once every replica has had a tick to rejoin: at least 1.5
@@ -388,9 +405,9 @@ class SharedCredentialPool:
             self._enter_shared("shared pool store answers again: back to cluster-wide limits")
 
     async def _register_pending(self, cooling: list[tuple[str, float]] | None = None,
-                                ejected: list[tuple[str, str]] | None = None) -> int:
+                                ejected: list[tuple[str, str]] | None = None, always: bool = False) -> int:
         pending = [lease for lease in self._leases.values() if not lease.registered]
-        if pending or cooling or ejected:
+        if pending or cooling or ejected or always:
             self._registering = True  # a release meanwhile waits in _unreleased
             try:
                 await self._store.register([(lease.key, lease.member) for lease in pending], cooling or [],
@@ -411,16 +428,19 @@ class SharedCredentialPool:
     def _enter_shared(self, message: str) -> None:
         self._mode = PoolMode.SHARED
         self._settle_until = None
+        self._view_before_outage = None
         log.info(message, extra={"store": self._address, "replica": self._replica, "replicas": len(self._replicas)})
         self._local.wake_waiters()
 
     def _store_failed(self, exc: StoreUnavailable) -> None:
+        if self._mode is PoolMode.SHARED:  # what it knew of the others, kept until it is shared again
+            self._peers_before_outage = set(self._replicas) - {self._replica}
+            self._view_before_outage = (self._rank, self._replica_count())
         self._store_up = False
         self._mode = PoolMode.FALLBACK
         self._settle_until = None
         if not self._in_outage:
             self._in_outage = True
-            self._peers_before_outage = set(self._replicas) - {self._replica}
             self._excess_until = self._local.now() + self._lease_seconds
             # The connection may be stale, or to a node that stopped being the primary.
             self._store.reconnect()
@@ -436,12 +456,12 @@ class SharedCredentialPool:
     def _replica_count(self) -> int:
         return max(self._expected_replicas, len(self._replicas))
 
-    def _share_of_rank(self, credential: Credential, rank: int | None) -> int:
+    def _share_of_rank(self, credential: Credential, rank: int | None, replicas: int | None = None) -> int:
         """A replica's share of a credential: the floor of maxConcurrency / replicas, plus
         one of the remainder's slots if the replica's rank (among those last seen in the
         store) is one that the rotation, which starts at a different rank for each
         credential, gives them to. The shares add up to maxConcurrency at most."""
-        replicas = self._replica_count()
+        replicas = replicas or self._replica_count()
         share, remainder = divmod(credential.max_concurrency, replicas)
         if remainder and rank is not None:
             offset = zlib.crc32(credential.id.encode("utf-8")) % replicas
@@ -453,8 +473,12 @@ class SharedCredentialPool:
         """This replica's limit while the store is out of reach: its share, less what the
         other replicas held beyond theirs when it last looked. Requests they took in shared
         mode run on after the store goes away; like a lease nobody renews, that excess
-        counts for one lease time from the start of the outage (docs/shared-pool.md)."""
+        counts for one lease time from the start of the outage (docs/shared-pool.md).
+        Until it is shared again, the smaller of its shares as it saw the replicas before
+        the outage and as it sees them now: the others may still count on the old view."""
         share = self._share_of_rank(credential, self._rank)
+        if self._view_before_outage is not None and self._mode is not PoolMode.SHARED:
+            share = min(share, self._share_of_rank(credential, *self._view_before_outage))
         if self._store_up or self._local.now() < self._excess_until:
             share -= self._others_excess.get(credential.id, 0)
         return max(0, share)

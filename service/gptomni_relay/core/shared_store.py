@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +33,7 @@ from gptomni_relay.core.errors import AllBusy, AllCoolingDown, NoCredentials, No
 from gptomni_relay.core.pipelined_connection import (
     Endpoint,
     PipelinedConnection,
+    StoreUnavailable,
     encode_bulk,
     encode_command,
     encode_parts,
@@ -299,6 +300,9 @@ class SharedStore:
 
     async def aclose(self) -> None:
         await self._line.aclose()
+
+    def on_connection_lost(self, callback: Callable[[StoreUnavailable], None]) -> None:
+        self._line.on_lost = callback
 
     def reconnect(self) -> None:
         """After a failure: the next command connects afresh (see PipelinedConnection)."""
