@@ -19,17 +19,29 @@ log = logging.getLogger(__name__)
 FileIdentity = tuple[str, int, int, int]
 
 
+def identity_of(resolved: str, stat: os.stat_result) -> FileIdentity:
+    return (resolved, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 def file_identity(path: Path) -> FileIdentity | None:
     try:
-        stat = os.stat(path)  # follows the ..data symlinks
+        return identity_of(os.path.realpath(path), os.stat(path))  # follows the ..data symlinks
     except OSError:  # missing, a dangling or looping link, no permission: not there to read
         return None
-    return (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def read_version(path: Path, limit: int) -> tuple[FileIdentity, bytes]:
+    """The file's identity and at most `limit` + 1 bytes of it, of one and the same
+    version: the link is resolved once and the identity taken from the open file (a swap
+    between a stat and a read would otherwise pair one version's identity with the next
+    one's content)."""
+    resolved = os.path.realpath(path)
+    with open(resolved, "rb") as file:
+        return identity_of(resolved, os.fstat(file.fileno())), file.read(limit + 1)
 
 
 def read_bounded(path: Path, limit: int) -> bytes:
-    with path.open("rb") as file:
-        raw = file.read(limit + 1)
+    raw = read_version(path, limit)[1]
     if len(raw) > limit:
         raise ValueError(f"the file is larger than {limit} bytes")
     return raw
@@ -63,15 +75,23 @@ class FileWatcher:
         self._reported_missing = False
         if identity == self._seen:
             return
-        self._seen = identity
         try:
-            self._load(read_bounded(self.path, self._max_bytes))
+            self._seen, raw = read_version(self.path, self._max_bytes)
+        except OSError:
+            return  # gone between the stat and the open: the next poll says which
+        try:
+            if len(raw) > self._max_bytes:
+                raise ValueError(f"the file is larger than {self._max_bytes} bytes")
+            self._load(raw)
         except (OSError, ValueError) as exc:
-            log.error(f"{self._what} file rejected; keeping the last good version",
-                      extra={"path": str(self.path), "reason": str(exc)})
-            self._on_result("invalid")
+            self._reject(exc)
             return
         self._on_result("ok")
+
+    def _reject(self, exc: Exception) -> None:
+        log.error(f"{self._what} file rejected; keeping the last good version",
+                  extra={"path": str(self.path), "reason": str(exc)})
+        self._on_result("invalid")
 
     async def run(self) -> None:
         while True:
