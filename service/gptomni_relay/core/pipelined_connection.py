@@ -119,10 +119,8 @@ def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
     if requirement not in TLS_VERIFY:
         raise ValueError(f"ssl_cert_reqs must be one of {', '.join(TLS_VERIFY)}")
     context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"), capath=options.get("ssl_ca_path"))
-    check_hostname = options.get("ssl_check_hostname", True)
-    if isinstance(check_hostname, str):
-        check_hostname = check_hostname.lower() not in ("0", "false", "no", "off")
-    context.check_hostname = bool(check_hostname) and requirement != "none"
+    # redis-py's URL parser has already made ssl_check_hostname a bool.
+    context.check_hostname = options.get("ssl_check_hostname", True) and requirement != "none"
     context.verify_mode = TLS_VERIFY[requirement]
     if options.get("ssl_certfile"):
         context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"), options.get("ssl_password"))

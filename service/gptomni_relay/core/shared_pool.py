@@ -98,8 +98,8 @@ class SharedCredentialPool:
         self._in_outage = False  # logged once per outage
         self._settle_until: float | None = None  # back in the store: shared mode from this loop time
         self._replicas: list[str] = []  # live replicas, sorted, as last seen in the store
-        self._peers_before_outage: set[str] = set()  # the others alive when the store was last reached
-        self._view_before_outage: tuple[int | None, int] | None = None  # (rank, replicas) then
+        # The live replicas when it was last in shared mode; kept until it is shared again.
+        self._replicas_before_outage: list[str] | None = None
         self._registered_on_return = 0
         self._settling = asyncio.Lock()
         self._rank: int | None = None  # this replica's place among them
@@ -355,11 +355,9 @@ class SharedCredentialPool:
                          "other replicas are back", extra={"store": self._address, "leases": self._registered_on_return,
                                                             "replicas": len(snapshot.replicas)})
             before, self._replicas = self._replicas, sorted(snapshot.replicas)
-            self._rank = self._replicas.index(self._replica) if self._replica in self._replicas else None
+            self._rank = self._rank_in(self._replicas)
             if self._mode is PoolMode.SHARED and not snapshot.heartbeat_was_alive:
-                self._peers_before_outage = set(before) - {self._replica}
-                self._view_before_outage = (before.index(self._replica) if self._replica in before else None,
-                                            max(self._expected_replicas, len(before)))
+                self._replicas_before_outage = before
                 await self._rejoin()  # the store restarted (or this process stalled) unnoticed
                 return  # the snapshot predates what was just put back
             for credential_id, verdict in snapshot.verdicts.items():
@@ -396,7 +394,7 @@ class SharedCredentialPool:
         now = asyncio.get_running_loop().time()
         if now < self._settle_until:  # type: ignore[operator]
             return
-        peers_back = self._peers_before_outage <= set(self._replicas)
+        peers_back = set(self._replicas_before_outage or ()) - {self._replica} <= set(self._replicas)
         if not peers_back and now < self._settle_until + self._lease_seconds:  # type: ignore[operator]
             return
         await self._register_pending()
@@ -428,14 +426,13 @@ class SharedCredentialPool:
     def _enter_shared(self, message: str) -> None:
         self._mode = PoolMode.SHARED
         self._settle_until = None
-        self._view_before_outage = None
+        self._replicas_before_outage = None
         log.info(message, extra={"store": self._address, "replica": self._replica, "replicas": len(self._replicas)})
         self._local.wake_waiters()
 
     def _store_failed(self, exc: StoreUnavailable) -> None:
-        if self._mode is PoolMode.SHARED:  # what it knew of the others, kept until it is shared again
-            self._peers_before_outage = set(self._replicas) - {self._replica}
-            self._view_before_outage = (self._rank, self._replica_count())
+        if self._mode is PoolMode.SHARED:
+            self._replicas_before_outage = list(self._replicas)
         self._store_up = False
         self._mode = PoolMode.FALLBACK
         self._settle_until = None
@@ -453,8 +450,11 @@ class SharedCredentialPool:
 
     # --- fallback shares ---------------------------------------------------------------
 
-    def _replica_count(self) -> int:
-        return max(self._expected_replicas, len(self._replicas))
+    def _replica_count(self, replicas: list[str] | None = None) -> int:
+        return max(self._expected_replicas, len(self._replicas if replicas is None else replicas))
+
+    def _rank_in(self, replicas: list[str]) -> int | None:
+        return replicas.index(self._replica) if self._replica in replicas else None
 
     def _share_of_rank(self, credential: Credential, rank: int | None, replicas: int | None = None) -> int:
         """A replica's share of a credential: the floor of maxConcurrency / replicas, plus
@@ -477,8 +477,9 @@ class SharedCredentialPool:
         Until it is shared again, the smaller of its shares as it saw the replicas before
         the outage and as it sees them now: the others may still count on the old view."""
         share = self._share_of_rank(credential, self._rank)
-        if self._view_before_outage is not None and self._mode is not PoolMode.SHARED:
-            share = min(share, self._share_of_rank(credential, *self._view_before_outage))
+        before = self._replicas_before_outage
+        if before is not None and self._mode is not PoolMode.SHARED:
+            share = min(share, self._share_of_rank(credential, self._rank_in(before), self._replica_count(before)))
         if self._store_up or self._local.now() < self._excess_until:
             share -= self._others_excess.get(credential.id, 0)
         return max(0, share)

@@ -271,12 +271,6 @@ class Script:
         self.by_body = encode_bulk(b"EVAL", body)
 
 
-def script_arguments(keys: Sequence[str], args: Sequence[str | int]) -> tuple[int, bytes]:
-    """A script call's part count in all, and its parts after the script: the key count,
-    the keys and the arguments, encoded."""
-    return 2 + 1 + len(keys) + len(args), encode_bulk(len(keys), *keys, *args)
-
-
 class SharedStore:
     """Every command goes over one pipelined connection (pipelined_connection.py): the
     request path's acquire and release as much as the sync tick's, so a connection left
@@ -322,9 +316,15 @@ class SharedStore:
         return self._line.send(encode_parts(*parts))
 
     def _call(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> asyncio.Future[Any]:
-        count, rest = script_arguments(keys, args)
-        return self._line.send(encode_command(count, script.by_sha, rest),
-                               on_missing_script=lambda: encode_command(count, script.by_body, rest))
+        # EVALSHA or EVAL, the script, numkeys, the keys, the arguments
+        return self._run(script, 3 + len(keys) + len(args), encode_bulk(len(keys), *keys, *args))
+
+    def _run(self, script: Script, part_count: int, *encoded: bytes,
+             convert: Callable[[Any], Any] | None = None) -> asyncio.Future[Any]:
+        """The script by its SHA-1, or whole if Redis does not know it; `encoded`: its parts
+        after the script (numkeys, keys, arguments), `part_count`: all of the command's."""
+        return self._line.send(encode_command(part_count, script.by_sha, *encoded), convert=convert,
+                               on_missing_script=lambda: encode_command(part_count, script.by_body, *encoded))
 
     # --- leases --------------------------------------------------------------------
 
@@ -340,13 +340,8 @@ class SharedStore:
         if excluded:
             skip += "".join(f"{prepared.index[cid]}," for cid in excluded if cid in prepared.index)
         request = encode_bulk(self._lease_ms, member, start, b"1" if dry else b"0", skip)
-        script = self._acquire
-        return self._line.send(
-            encode_command(prepared.part_count, script.by_sha, prepared.keys, request, prepared.args),
-            convert=picked_or_refusal,
-            on_missing_script=lambda: encode_command(prepared.part_count, script.by_body, prepared.keys,
-                                                     request, prepared.args),
-        )
+        return self._run(self._acquire, prepared.part_count, prepared.keys, request, prepared.args,
+                         convert=picked_or_refusal)
 
     def release(self, key: str, member: str) -> asyncio.Future[int]:
         """Removes one lease (the future gets how many were removed: 0 or 1)."""
