@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import yaml
+from helm_python import _native
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "gptomni"
@@ -24,10 +26,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def render(values: dict[str, Any] | None = None, namespace: str = "llm") -> list[dict[str, Any]]:
+def render_for(chart: helm.Chart, values: dict[str, Any], namespace: str, kube_version: str) -> dict[str, str]:
+    """`helm template --kube-version`: Chart.render (helm-python-sdk 0.2.2) does not expose
+    the version the templates see in .Capabilities, its C layer takes it."""
+    options = {"name": "gptomni", "namespace": namespace, "is_install": True, "kube_version": kube_version}
+    rendered: dict[str, str] = json.loads(_native.call_string(
+        "helm_render", chart._raw(), json.dumps(values), json.dumps(options)))
+    return rendered
+
+
+def render(values: dict[str, Any] | None = None, namespace: str = "llm",
+           kube_version: str | None = None) -> list[dict[str, Any]]:
+    """The chart's documents; for Helm's built-in Kubernetes version unless `kube_version` is given."""
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(values or {})
-        rendered = chart.render(values or {}, name="gptomni", namespace=namespace, is_install=True)
+        if kube_version is None:
+            rendered = chart.render(values or {}, name="gptomni", namespace=namespace, is_install=True)
+        else:
+            rendered = render_for(chart, values or {}, namespace, kube_version)
     documents: list[dict[str, Any]] = []
     for path, text in sorted(rendered.items()):
         if not path.endswith(".yaml"):

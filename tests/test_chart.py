@@ -17,6 +17,7 @@ import yaml
 from tests.chart_render import (
     CHART,
     CONVENTIONS,
+    FULL,
     KUBE_VERSION,
     OPENSHIFT,
     ROOT,
@@ -103,7 +104,7 @@ def test_relay_deployment_is_production_shaped() -> None:
     [container] = pod["containers"]
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert pod["terminationGracePeriodSeconds"] > 40 + 5
-    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5  # exec sleep before 1.30: below
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     security = container["securityContext"]
@@ -114,6 +115,32 @@ def test_relay_deployment_is_production_shaped() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["GPTOMNI_SHUTDOWN_GRACE_SECONDS"] == "40"
     assert pod["automountServiceAccountToken"] is False
+
+
+# The oldest and newest Kubernetes the chart supports, and the versions where its choices change.
+SUPPORTED_VERSIONS = ["v1.20.2", "v1.21.0", "v1.23.0", "v1.29.0", "v1.30.0", "v1.33.0"]
+
+
+@pytest.mark.parametrize("kube_version", SUPPORTED_VERSIONS)
+def test_api_versions_and_features_follow_the_cluster_version(kube_version: str) -> None:
+    minor = int(kube_version.split(".")[1])
+    documents = render(FULL, kube_version=kube_version)
+    [pdb] = by_kind(documents, "PodDisruptionBudget")
+    [hpa] = by_kind(documents, "HorizontalPodAutoscaler")
+    assert pdb["apiVersion"] == ("policy/v1" if minor >= 21 else "policy/v1beta1")
+    assert hpa["apiVersion"] == ("autoscaling/v2" if minor >= 23 else "autoscaling/v2beta2")
+    _, container = pod(documents, "gptomni-relay")
+    pre_stop = container["lifecycle"]["preStop"]
+    # The sleep action is on by default from 1.30 (beta); older servers prune it.
+    if minor >= 30:
+        assert pre_stop == {"sleep": {"seconds": 5}}
+    else:
+        assert pre_stop == {"exec": {"command": ["sleep", "5"]}}
+    # Helm v4 applies server-side: a port without its protocol fails on older servers.
+    for service in by_kind(documents, "Service"):
+        assert all(port.get("protocol") == "TCP" for port in service["spec"]["ports"])
+    report = helm.lint(CHART, FULL, strict=True, kube_version=kube_version)
+    assert report["errors"] == [] and report["messages"] == []
 
 
 def test_generated_api_key_when_none_is_given() -> None:
@@ -357,6 +384,16 @@ def test_k8s_examples_validate() -> None:
             kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
 
 
+def test_examples_and_notes_leave_the_target_and_namespace_to_the_user() -> None:
+    """An unset targetSecret follows the chart's poolSecret.name (docs/operator.md); a pinned
+    namespace breaks `kubectl -n <theirs> apply`."""
+    assert "targetSecret:" not in notes({})
+    for name in ("credential.yaml", "cookie-secret.yaml"):
+        for document in yaml.safe_load_all((ROOT / "k8s" / "examples" / name).read_text()):
+            assert "namespace" not in document["metadata"]
+            assert "targetSecret" not in document.get("spec", {})
+
+
 def relay_env(values: dict[str, Any]) -> dict[str, Any]:
     [container] = one(render(values), "Deployment", "gptomni-relay")["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
@@ -364,14 +401,15 @@ def relay_env(values: dict[str, Any]) -> dict[str, Any]:
 
 def test_shared_pool_settings_reach_the_relay() -> None:
     assert "GPTOMNI_REDIS_URL" not in relay_env({})  # off by default: the in-process pool
+    assert relay_env({})["GPTOMNI_REPLICAS"] == "3"  # which keeps to a third of each limit: 2 pods + 1 surging
     existing = relay_env({"relay": {"replicas": 3, "sharedPool": {
         "enabled": True, "redisUrl": "redis://redis.cache.svc:6379/2", "passwordSecret": {"name": "cache-auth"}}}})
     assert existing["GPTOMNI_REDIS_URL"] == "redis://redis.cache.svc:6379/2"
     assert existing["GPTOMNI_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "cache-auth", "key": "redis-password"}}
-    assert existing["GPTOMNI_REPLICAS"] == "3" and existing["GPTOMNI_POOL_LEASE_SECONDS"] == "10"
+    assert existing["GPTOMNI_REPLICAS"] == "4" and existing["GPTOMNI_POOL_LEASE_SECONDS"] == "10"
     scaled = relay_env({"relay": {"autoscaling": {"enabled": True, "maxReplicas": 7},
                                   "sharedPool": {"enabled": True, "redisUrl": "redis://r:6379/0"}}})
-    assert scaled["GPTOMNI_REPLICAS"] == "7"  # the fallback share divides by the most replicas there can be
+    assert scaled["GPTOMNI_REPLICAS"] == "8"  # shares divide by the most pods there can be (+1 in a rollout)
     assert "GPTOMNI_REDIS_PASSWORD" not in scaled
     with pytest.raises(helm.HelmError):
         render({"relay": {"sharedPool": {"enabled": True}}})  # neither a URL nor the bundled Redis

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -103,6 +104,34 @@ def test_a_malformed_credentials_variable_never_prints_the_cookie(credentials: s
     result = subprocess.run([sys.executable, "-m", "gptomni_relay"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "configuration error" in result.stderr and "credentials" in result.stderr
     assert "SECRET" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("program", ["gptomni_relay", "gptomni_operator"])
+def test_help_lists_every_setting_and_version_prints_it(program: str) -> None:
+    from importlib import metadata
+
+    from gptomni_operator.settings import OperatorSettings
+    from gptomni_relay.settings import RelaySettings
+
+    model = RelaySettings if program == "gptomni_relay" else OperatorSettings
+    prefix = model.model_config["env_prefix"]
+    shown = subprocess.run([sys.executable, "-m", program, "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0
+    assert all(f"{prefix}{name.upper()}" in shown.stdout for name in model.model_fields)
+    assert "GPTOMNI_UPSTREAM_URL" in shown.stdout  # the operator's shared alias too
+    version = subprocess.run([sys.executable, "-m", program, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.split()[-1] == metadata.version("gptomni")
+
+
+def test_the_operator_without_credentials_fails_fast_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTOMNI_", "KUBECONFIG"))}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "gptomni_operator"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and time.monotonic() - started < 30
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("gptomni-operator: no Kubernetes credentials") and "~/.kube/config" in line
 
 
 def test_refuses_to_start_without_an_api_key() -> None:

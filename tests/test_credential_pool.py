@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -14,7 +15,11 @@ import httpx
 import openai
 import pytest
 
+from gptomni_relay.core.errors import AllBusy
+from gptomni_relay.core.pool import Credential
+from gptomni_relay.settings import RelaySettings
 from gptomni_relay.simulator import Behaviour, SimulatorState
+from gptomni_relay.state import build_pool
 from tests.harness import Harness, sample_value, write_pool_file, write_raw_pool_file
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -276,3 +281,21 @@ def test_a_cookie_that_cannot_be_a_header_is_left_out_and_the_rest_serves(
     logged = [record.__dict__ for record in caplog.records]
     assert any(record.get("credentials") == ["default/bad"] for record in logged)
     assert "SECRET" not in caplog.text + repr(logged)
+
+
+@pytest.mark.parametrize(("replicas", "max_concurrency", "share"), [(1, 8, 8), (3, 8, 2), (3, 2, 1)])
+def test_without_redis_each_replica_keeps_to_its_share(replicas: int, max_concurrency: int, share: int) -> None:
+    """GPTOMNI_REPLICAS replicas, each with its own pool: together within the cookie's limit
+    (at least one slot each, so a small limit still serves)."""
+    async def slots_taken() -> int:
+        pool = build_pool(RelaySettings(api_keys=["sk-x"], replicas=replicas))
+        pool.replace([Credential("default/alice", "session=alice", max_concurrency=max_concurrency)])
+        leases = []
+        while len(leases) <= max_concurrency:
+            try:
+                leases.append(await pool.acquire())
+            except AllBusy:
+                break
+        return len(leases)
+
+    assert asyncio.run(slots_taken()) == share

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from pathlib import Path
 
 import kopf
 from pydantic import ValidationError
 
 from gptomni_common.logging_setup import configure_logging
+from gptomni_common.settings_help import add_help_and_version
 from gptomni_operator.handlers import register
 from gptomni_operator.memo import CredentialMemo
 from gptomni_operator.settings import OperatorSettings
@@ -25,6 +28,24 @@ def quiet_routine_handlers(record: logging.LogRecord) -> bool:
     return not (record.levelno <= logging.INFO and record.getMessage() in _ROUTINE)
 
 
+# Where the kubelet mounts a pod's ServiceAccount token (kopf's in-cluster login reads it).
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def missing_kubernetes_credentials() -> str | None:
+    """Why the operator cannot log in at all, or None. kopf would otherwise retry its login
+    forever, a traceback-laden warning each time, instead of telling the user once."""
+    if SERVICE_ACCOUNT_TOKEN.is_file():
+        return None
+    named = os.environ.get("KUBECONFIG", "")
+    candidates = [Path(path).expanduser() for path in named.split(os.pathsep) if path] or [Path("~/.kube/config").expanduser()]
+    if any(path.is_file() for path in candidates):
+        return None
+    where = f"KUBECONFIG={named}" if named else "~/.kube/config"
+    return (f"no Kubernetes credentials: not in a pod (no {SERVICE_ACCOUNT_TOKEN}) and no kubeconfig "
+            f"({where} not found)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gptomni-operator", description="Health-checks GPTOmniCredential cookies.")
     scope = parser.add_mutually_exclusive_group()
@@ -33,6 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, help="Prometheus metrics port (0: off)")
     parser.add_argument("--peering", help="kopf peering name: one active operator among replicas")
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
+    add_help_and_version(parser, OperatorSettings)
     return parser.parse_args(argv)
 
 
@@ -51,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = OperatorSettings(**overrides)
     except ValidationError as exc:
         print(f"gptomni-operator: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if (problem := missing_kubernetes_credentials()) is not None:
+        print(f"gptomni-operator: {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, "json")
     logging.getLogger("kopf.objects").addFilter(quiet_routine_handlers)

@@ -22,6 +22,7 @@ from pydantic_settings import SettingsError
 
 from gptomni_common.logging_setup import configure_logging
 from gptomni_common.redaction import describe_validation_error
+from gptomni_common.settings_help import add_help_and_version
 from gptomni_relay.gc_tuning import collect_young_objects_regularly, tune_gc_for_serving
 from gptomni_relay.server import bind_socket, serve_app, uvicorn_config
 from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
@@ -37,6 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="address to listen on (env GPTOMNI_HOST, default 0.0.0.0; demo 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (env GPTOMNI_PORT, default 8000)")
     parser.add_argument("--demo", action="store_true", help="serve from the built-in simulated GPT-Omni")
+    add_help_and_version(parser, RelaySettings)
     return parser.parse_args(argv)
 
 

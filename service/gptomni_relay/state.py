@@ -125,7 +125,10 @@ def resolve_api_keys(settings: RelaySettings) -> list[str]:
 def build_pool(settings: RelaySettings) -> Pool:
     """In-process, or shared by every replica through Redis when GPTOMNI_REDIS_URL is set."""
     if settings.redis_url is None:
-        return CredentialPool(settings.cooldown_base_seconds, settings.cooldown_max_seconds)
+        # Without a shared store each replica keeps to its share of every cookie's limit, so
+        # that the replicas together never exceed it (GPTOMNI_REPLICAS: the most there can be).
+        return CredentialPool(settings.cooldown_base_seconds, settings.cooldown_max_seconds,
+                              limit=lambda credential: max(1, credential.max_concurrency // settings.replicas))
     try:
         password = settings.load_redis_password()
     except (OSError, ValueError) as exc:

@@ -107,3 +107,27 @@ app.kubernetes.io/component: operator
   verbs: [get, list, watch, patch]
 {{- end }}
 {{- end -}}
+
+{{- /* API versions and features chosen by the cluster's version, as the widely used chart
+libraries do (an offline `helm template` renders for Helm's built-in version unless given
+--kube-version). Supported: Kubernetes 1.20 to 1.33 (docs/deploy.md). */ -}}
+{{- define "gptomni.pdbApiVersion" -}}
+{{- if semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version -}}policy/v1{{- else -}}policy/v1beta1{{- end -}}
+{{- end -}}
+
+{{- define "gptomni.hpaApiVersion" -}}
+{{- if semverCompare ">=1.23-0" .Capabilities.KubeVersion.Version -}}autoscaling/v2{{- else -}}autoscaling/v2beta2{{- end -}}
+{{- end -}}
+
+{{- /* A preStop pause of N seconds: the kubelet's own sleep action where it is on by default
+(beta in 1.30), else the image's sleep binary (an older API server prunes the unknown
+field and rejects the then empty handler). */ -}}
+{{- define "gptomni.preStopPause" -}}
+{{- if semverCompare ">=1.30-0" .context.Capabilities.KubeVersion.Version -}}
+sleep:
+  seconds: {{ .seconds }}
+{{- else -}}
+exec:
+  command: ["sleep", {{ .seconds | quote }}]
+{{- end -}}
+{{- end -}}

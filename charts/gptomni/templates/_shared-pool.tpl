@@ -18,7 +18,7 @@ redis://{{ include "gptomni.redis.fullname" . }}.{{ .Release.Namespace }}.svc:63
 {{- end -}}
 {{- end -}}
 
-{{- /* The relay's settings for it; the fallback share divides by the most replicas there can be. */ -}}
+{{- /* The relay's settings for it. */ -}}
 {{- define "gptomni.sharedPoolEnv" -}}
 {{- with .Values.relay.sharedPool }}
 {{- if .enabled }}
@@ -33,8 +33,14 @@ redis://{{ include "gptomni.redis.fullname" . }}.{{ .Release.Namespace }}.svc:63
 {{- end }}
 - name: GPTOMNI_POOL_LEASE_SECONDS
   value: {{ .leaseSeconds | quote }}
-- name: GPTOMNI_REPLICAS
-  value: {{ ternary $.Values.relay.autoscaling.maxReplicas $.Values.relay.replicas $.Values.relay.autoscaling.enabled | quote }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{- /* The most relay pods that can run at once: the replicas (the HPA's maximum when it is on)
+plus the one a rolling update adds (maxSurge). Each pod keeps to maxConcurrency divided by
+this without Redis, and in a Redis outage: so a cookie's limit holds with the chart's
+defaults, scaled or rolled (docs/shared-pool.md). */ -}}
+{{- define "gptomni.relay.mostPods" -}}
+{{- add (ternary .Values.relay.autoscaling.maxReplicas .Values.relay.replicas .Values.relay.autoscaling.enabled) 1 -}}
 {{- end -}}
