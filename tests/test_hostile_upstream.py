@@ -151,3 +151,18 @@ def test_a_charset_python_cannot_use_as_text_fails_over(make_relay, charset: str
     for _ in range(3):
         assert relay.client().chat.completions.create(model="gptomni", messages=HELLO["messages"]).choices
     assert relay.state.pool.total_in_flight() == 0
+
+
+def test_a_clearance_cookie_set_by_another_host_never_reaches_gpt_omni(make_relay, servers: BackgroundLoop) -> None:  # noqa: ANN001
+    # The challenge's landing page redirects to another host, which sets a cf_clearance
+    # (even the very token GPT-Omni would accept): it is a third party's cookie.
+    sim = SimulatorState(challenge="solvable")
+    elsewhere = SimulatorState(challenge="solvable", clearance_token=sim.clearance_token)
+    other_host = servers.enter(serve_app(build_simulator_app(elsewhere)))
+    sim.landing_redirect = f"http://localhost:{other_host.port}/zh"
+    relay: Harness = make_relay(sim=sim, cookies=["session=alpha", "session=beta"])
+    response = relay.http().post("/v1/chat/completions", json=HELLO)
+    assert elsewhere.landing_hits >= 1  # the redirect was followed, and its cookie set
+    assert_openai_error(response, 503, code="upstream_challenge")
+    assert relay.state.upstream.solver.current.cookies == {}
+    assert not any("cf_clearance" in chat.headers.get("cookie", "") for chat in sim.received)

@@ -25,6 +25,7 @@ from starlette.responses import (
     HTMLResponse,
     JSONResponse,
     PlainTextResponse,
+    RedirectResponse,
     Response,
     StreamingResponse,
 )
@@ -83,6 +84,9 @@ class SimulatorState:
     default: Behaviour = field(default_factory=Behaviour)
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     challenge: Literal["off", "solvable", "blocked"] = "off"
+    # A hostile landing page: it redirects here (e.g. another host that sets a
+    # `cf_clearance` of its own) instead of setting the clearance cookie.
+    landing_redirect: str | None = None
     clearance_token: str = field(default_factory=lambda: secrets.token_hex(16))
     received: deque[ReceivedChat] = field(default_factory=lambda: deque(maxlen=10_000))
     # Chaos: each request draws one of these (probability, behaviour) pairs, else behaves
@@ -146,6 +150,8 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
         state.landing_hits += 1
         if state.challenge == "blocked":
             return _challenge_response()
+        if state.landing_redirect is not None:
+            return RedirectResponse(state.landing_redirect, status_code=302)
         response = HTMLResponse("<!DOCTYPE html><html><head><title>GPT-Omni</title></head><body>chat</body></html>")
         if state.challenge == "solvable":
             response.set_cookie(CLEARANCE_COOKIE, state.clearance_token, path="/", httponly=True)

@@ -9,10 +9,13 @@ it; it streams with aiohttp (client.py) using the clearance cookies and User-Age
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar
+from urllib.parse import urlsplit
 
 import cloudscraper
 
@@ -75,10 +78,34 @@ class ClearanceSolver:
             return None
         finally:
             scraper.close()
-        cookies = {c.name: c.value for c in scraper.cookies if c.name.startswith(("cf_", "__cf"))}
+        cookies = clearance_cookies(scraper.cookies, urlsplit(self._base_url).hostname or "")
         if response.status_code != 200 or not cookies:
             return None
         return Clearance(user_agent=scraper.headers["User-Agent"], cookies=cookies)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def clearance_cookies(jar: CookieJar, upstream_host: str) -> dict[str, str]:
+    """The Cloudflare cookies in `jar` that the upstream's own host set.
+
+    The solve follows redirects, and any host on the way may set a `cf_clearance`: sent
+    to GPT-Omni with every credential, such a cookie would be a third party's choice."""
+    return {cookie.name: cookie.value for cookie in jar
+            if cookie.name.startswith(("cf_", "__cf")) and set_by(upstream_host, cookie.domain)}
+
+
+def set_by(host: str, cookie_domain: str) -> bool:
+    """Whether `host` may have set a cookie for `cookie_domain` (RFC 6265 domain-match): the
+    host itself, or a parent domain of it that is more than a top-level domain."""
+    host, domain = host.lower().rstrip("."), cookie_domain.lower().lstrip(".").rstrip(".")
+    if not host or not domain:
+        return False
+    if host == domain:
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return False  # an address has no parent domains
+    except ValueError:
+        return "." in domain and host.endswith("." + domain)

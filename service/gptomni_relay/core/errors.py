@@ -28,6 +28,16 @@ class AllCoolingDown(PoolUnavailable):
         self.retry_after = retry_after
 
 
+class AllChallenged(AllCoolingDown):
+    """Every credential is cooling down after a Cloudflare challenge no clearance passed:
+    the upstream is out of reach (503), not the client going too fast (429)."""
+
+    def __init__(self, retry_after: float) -> None:
+        PoolUnavailable.__init__(self, "every credential met a Cloudflare challenge the relay could not pass; "
+                                       f"retry in {retry_after:.0f}s")
+        self.retry_after = retry_after
+
+
 class AllBusy(PoolUnavailable):
     """Every usable credential is at its concurrency limit."""
 

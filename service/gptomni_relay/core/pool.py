@@ -21,7 +21,14 @@ from enum import StrEnum
 from typing import Protocol
 
 from gptomni_common.upstream.protocol import Outcome
-from gptomni_relay.core.errors import AllBusy, AllCoolingDown, NoCredentials, NothingLeftToTry, PoolUnavailable
+from gptomni_relay.core.errors import (
+    AllBusy,
+    AllChallenged,
+    AllCoolingDown,
+    NoCredentials,
+    NothingLeftToTry,
+    PoolUnavailable,
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,7 @@ class Slot:
     ejected: bool = False
     cooling_until: float = 0.0
     strikes: int = 0
+    cooled_by: Outcome | None = None  # the verdict of this replica behind the current cooldown
 
     def health(self, now: float) -> Health:
         if self.ejected:
@@ -178,7 +186,7 @@ class CredentialPool:
             else:
                 # Leases still point at this slot object: keep it, and its in-flight count.
                 if slot.credential.cookie != credential.cookie:
-                    slot.ejected, slot.cooling_until, slot.strikes = False, 0.0, 0
+                    slot.ejected, slot.cooling_until, slot.strikes, slot.cooled_by = False, 0.0, 0, None
                 slot.credential = credential
             new_slots[credential.id] = slot
         self._slots = new_slots
@@ -258,16 +266,31 @@ class CredentialPool:
             return NothingLeftToTry("every usable credential was already tried")
         healthy = [s for s in untried if s.health(now) is Health.HEALTHY]
         if not healthy:
-            return AllCoolingDown(retry_after=max(1.0, min(s.cooling_until - now for s in untried)))
+            return self.explained(AllCoolingDown(retry_after=max(1.0, min(s.cooling_until - now for s in untried))),
+                                  exclude)
         if all(s.in_flight >= self._limit(s.credential) for s in healthy):
             return AllBusy("every credential is at its concurrency limit")
         return None
+
+    def explained(self, refusal: PoolUnavailable, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable:
+        """`refusal`, or AllChallenged when every credential it found cooling was cooled by a
+        Cloudflare challenge (as far as this replica's verdicts tell: the shared store keeps
+        no reasons)."""
+        if not isinstance(refusal, AllCoolingDown) or isinstance(refusal, AllChallenged):
+            return refusal
+        now = self._clock()
+        cooling = [s for s in self._slots.values()
+                   if not s.ejected and s.credential.id not in exclude and s.cooling_until > now]
+        if cooling and all(s.cooled_by is Outcome.CHALLENGE for s in cooling):
+            return AllChallenged(refusal.retry_after or 1.0)
+        return refusal
 
     # --- verdicts ------------------------------------------------------------------
 
     def _record(self, slot: Slot, outcome: Outcome, retry_after: float | None) -> None:
         if outcome is Outcome.OK:
             slot.strikes = 0
+            slot.cooled_by = None
         elif outcome is Outcome.UNAUTHORIZED:
             slot.ejected = True
         elif outcome in (Outcome.RATE_LIMITED, Outcome.CHALLENGE):
@@ -279,6 +302,7 @@ class CredentialPool:
             asked = max(retry_after, 1.0) if retry_after is not None else backoff
             delay = min(asked, self._cooldown_max)
             slot.cooling_until = max(slot.cooling_until, self._clock() + delay)
+            slot.cooled_by = outcome
 
     def _release(self, slot: Slot) -> None:
         slot.in_flight -= 1
@@ -310,6 +334,7 @@ class CredentialPool:
             slot.ejected = False
             slot.strikes = 0
             slot.cooling_until = 0.0
+            slot.cooled_by = None
             self.wake_waiters()
 
     # --- views ---------------------------------------------------------------------

@@ -241,7 +241,7 @@ class SharedCredentialPool:
         if isinstance(picked, PoolUnavailable):
             if at_share and not isinstance(picked, NoCredentials):
                 raise AllBusy("every credential is at this replica's share of its concurrency limit")
-            raise picked
+            raise self._local.explained(picked, exclude)
         return self._adopt(self._local.take(slots[picked]), member, registered=True)
 
     def _adopt(self, local: Lease, member: str | None = None, registered: bool = False) -> SharedLease:
@@ -268,7 +268,7 @@ class SharedCredentialPool:
             except StoreUnavailable as exc:
                 self._store_failed(exc)
             else:
-                return found if isinstance(found, PoolUnavailable) else None
+                return self._local.explained(found, exclude) if isinstance(found, PoolUnavailable) else None
         return self._local.why_unavailable(exclude)
 
     # --- what the leases tell the store --------------------------------------------

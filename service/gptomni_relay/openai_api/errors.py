@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptomni_relay.core.errors import (
     AllBusy,
+    AllChallenged,
     AllCoolingDown,
     AnswerTooLarge,
     BadConversation,
@@ -88,6 +89,9 @@ def error_for(exc: RelayError) -> APIError:
     if isinstance(exc, BadConversation):
         code = "unsupported_content" if exc.part_index is not None else "empty_conversation"
         return APIError(400, exc.message, param=_conversation_param(exc), code=code)
+    if isinstance(exc, AllChallenged):
+        return APIError(503, f"GPT-Omni is behind a Cloudflare challenge: {exc}.",
+                        code="upstream_challenge", retry_after=exc.retry_after)
     if isinstance(exc, AllCoolingDown):
         return APIError(429, f"All GPT-Omni credentials are cooling down after upstream rate limits; {exc}.",
                         code="credentials_cooling_down", retry_after=exc.retry_after)
