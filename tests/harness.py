@@ -77,15 +77,15 @@ def write_raw_pool_file(directory: Path, raw: bytes) -> None:
     write_data_link(directory, stamp)
 
 
-def write_data_link(directory: Path, target: str) -> None:
+def write_data_link(directory: Path, target: str, file_name: str = "credentials.json") -> None:
     tmp_link = directory / "..data_tmp"
     if tmp_link.is_symlink():
         tmp_link.unlink()
     os.symlink(target, tmp_link)
     os.replace(tmp_link, directory / "..data")  # rename(2): atomic, as kubelet's AtomicWriter
-    link = directory / "credentials.json"
+    link = directory / file_name
     if not link.is_symlink():
-        os.symlink("..data/credentials.json", link)
+        os.symlink(f"..data/{file_name}", link)
 
 
 def sample_value(exposition: str, name: str, **labels: str) -> float:

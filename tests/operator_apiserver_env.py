@@ -11,8 +11,10 @@ with the API server at start), so releases never borrow each other's permissions
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from tests.kube_client import KubeClient, eventually
 from tests.processes import end_process, free_port
 
 CRD = yaml.safe_load((CHART / "crds" / "gptomnicredentials.yaml").read_text())
+KEY_CRD = yaml.safe_load((CHART / "crds" / "gptomniapikeys.yaml").read_text())
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 # Releases the tests may install: each one's operator ServiceAccount is known to the API server.
 RELEASES = [f"gpo{index}" for index in range(12)]
@@ -175,12 +178,13 @@ class Cluster:
         self._crds.add(name)
 
     async def install(self, admin: KubeClient, values: dict[str, Any] | None = None) -> Release:
-        """The chart's CRD and operator RBAC for a new release, as `helm install` would apply them."""
+        """The chart's CRDs and operator RBAC for a new release, as `helm install` would apply them."""
         name = self._free_releases.pop(0)
         namespace = f"{name}-system"
         values = {**(values or {}), "fullnameOverride": name}
         documents = render(values, namespace=namespace)
-        await self.crd(admin, CRD)
+        for crd in (CRD, KEY_CRD):
+            await self.crd(admin, crd)
         await self.namespace(admin, namespace)
         for watched in values.get("operator", {}).get("watchNamespaces", []):
             await self.namespace(admin, watched)
@@ -210,3 +214,25 @@ def stopped_cleanly(process: ChartOperator) -> Iterator[str]:
     if process.stop() != 0:
         yield f"exit code {process.process.returncode}"
     yield from (f"not one JSON object: {line[:300]}" for line in process.not_json())
+
+
+def default_install(cluster: Cluster) -> Iterator[tuple[Release, ChartOperator]]:
+    """For a module's fixture: the chart's defaults (all namespaces, ClusterRole), one
+    operator process, checked for a clean exit at the end."""
+
+    async def install() -> Release:
+        async with aiohttp.ClientSession() as http:
+            return await cluster.install(cluster.admin(http))
+
+    release = asyncio.run(install())
+    process = release.start_operator(cluster.sim_url)
+    yield release, process
+    problems = list(stopped_cleanly(process))
+    assert problems == [], f"operator log {process.log}"
+
+
+async def own_namespace(cluster: Cluster, http: aiohttp.ClientSession, test_name: str, prefix: str,
+                        numbers: Iterator[int]) -> KubeClient:
+    """The admin, in a namespace named after the test."""
+    name = re.sub(r"[^a-z0-9]+", "-", test_name.removeprefix("test_apiserver_").lower())[:40].strip("-")
+    return await cluster.namespace(cluster.admin(http), f"{prefix}{next(numbers)}-{name}")

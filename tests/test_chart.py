@@ -344,11 +344,11 @@ def test_monitoring_objects() -> None:
     assert json.loads(dashboard["data"]["gptomni-dashboard.json"])["uid"] == "gptomni-overview"
 
 
-def test_chart_ships_the_crd() -> None:
-    # k8s/crd.yaml is generated from it (tests/test_crd.py checks it is current).
+def test_chart_ships_the_crds() -> None:
+    # k8s/crd.yaml is generated from them (tests/test_crd.py checks it is current).
     with helm.Chart.load(CHART) as chart:
-        [crd] = chart.crds
-    assert yaml.safe_load(crd["data"])["metadata"]["name"] == "gptomnicredentials.gptomni.io"
+        names = sorted(yaml.safe_load(crd["data"])["metadata"]["name"] for crd in chart.crds)
+    assert names == ["gptomniapikeys.gptomni.io", "gptomnicredentials.gptomni.io"]
 
 
 def test_checkov_passes_or_every_skip_is_explained(tmp_path: Path) -> None:
@@ -375,11 +375,11 @@ def test_checkov_passes_or_every_skip_is_explained(tmp_path: Path) -> None:
 
 
 def test_k8s_examples_validate() -> None:
-    crd = yaml.safe_load((ROOT / "k8s" / "crd.yaml").read_text())
-    kubernetes_validate.validate(crd, KUBE_VERSION, strict=True)
+    for crd in yaml.safe_load_all((ROOT / "k8s" / "crd.yaml").read_text()):
+        kubernetes_validate.validate(crd, KUBE_VERSION, strict=True)
     for path in sorted((ROOT / "k8s" / "examples").glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
-            if document["kind"] == "GPTOmniCredential":
+            if document["kind"] in ("GPTOmniCredential", "GPTOmniAPIKey"):
                 continue  # checked against the CRD schema in test_crd.py
             kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
 

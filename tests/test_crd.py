@@ -1,5 +1,5 @@
-"""The GPTOmniCredential CRD offline: one source, a structural schema, defaults the operator
-agrees with. How the real API server applies it (defaults, validation, pruning, /status,
+"""The GPTOmniCredential and GPTOmniAPIKey CRDs offline: one source each, structural
+schemas, defaults the operator agrees with. How the real API server applies it (defaults, validation, pruning, /status,
 printer columns) is tests/test_operator_apiserver.py."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
+from gptomni_operator.key_spec import APIKeySpec
 from gptomni_operator.spec import CredentialSpec, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,14 +22,18 @@ CRD = yaml.safe_load((ROOT / "charts" / "gptomni" / "crds" / "gptomnicredentials
 [VERSION] = CRD["spec"]["versions"]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]
 EXAMPLE = next(d for d in yaml.safe_load_all((ROOT / "k8s" / "examples" / "credential.yaml").read_text()))
+KEY_CRD = yaml.safe_load((ROOT / "charts" / "gptomni" / "crds" / "gptomniapikeys.yaml").read_text())
+[KEY_VERSION] = KEY_CRD["spec"]["versions"]
+KEY_SCHEMA = KEY_VERSION["schema"]["openAPIV3Schema"]
+KEY_EXAMPLE = yaml.safe_load((ROOT / "k8s" / "examples" / "api-key.yaml").read_text())
 
 
-def test_plain_manifest_is_generated_from_the_charts_crd() -> None:
-    """k8s/crd.yaml is scripts/generate_crd.py's output for the chart's CRD, as committed."""
+def test_plain_manifest_is_generated_from_the_charts_crds() -> None:
+    """k8s/crd.yaml is scripts/generate_crd.py's output for the chart's CRDs, as committed."""
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_crd.py"), "--check"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert yaml.safe_load((ROOT / "k8s" / "crd.yaml").read_text()) == CRD
+    assert list(yaml.safe_load_all((ROOT / "k8s" / "crd.yaml").read_text())) == [CRD, KEY_CRD]
 
 
 def structural_problems(node: dict[str, Any], path: str = "") -> list[str]:
@@ -58,10 +63,23 @@ def with_defaults(node: dict[str, Any], value: Any) -> Any:
 
 def test_schema_is_structural() -> None:
     assert structural_problems(SCHEMA) == []
+    assert structural_problems(KEY_SCHEMA) == []
 
 
 def test_example_is_valid() -> None:
     jsonschema.validate(EXAMPLE, SCHEMA)
+    jsonschema.validate(KEY_EXAMPLE, KEY_SCHEMA)
+
+
+def test_api_key_defaults_match_what_the_operator_assumes() -> None:
+    minimal = {"secretRef": {"name": "k"}}
+    defaulted = with_defaults(KEY_SCHEMA["properties"]["spec"], copy.deepcopy(minimal))
+    jsonschema.validate({"spec": defaulted}, KEY_SCHEMA)
+    assert APIKeySpec.model_validate(defaulted) == APIKeySpec.model_validate(minimal)
+    assert defaulted == {"secretRef": {"name": "k", "key": "api-key"}, "disabled": False}
+    # The example parses as the operator reads it.
+    spec = APIKeySpec.model_validate(KEY_EXAMPLE["spec"])
+    assert spec.limits.tokens_per_day == 200000 and spec.models == ("gptomni",)
 
 
 def test_defaults_match_what_the_operator_assumes() -> None:

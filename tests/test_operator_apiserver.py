@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ import pytest
 from gptomni_operator.cookies import cookie_digest
 from tests.harness import sample_value, write_raw_pool_file
 from tests.kube_client import MERGE_PATCH, TABLE, KubeClient, condition_of, eventually, healthy_condition
-from tests.operator_apiserver_env import ChartOperator, Cluster, Release, stopped_cleanly
+from tests.operator_apiserver_env import ChartOperator, Cluster, Release, default_install, own_namespace
 from tests.processes import free_port, relay_process
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -34,25 +33,15 @@ _NAMESPACES = itertools.count()
 @pytest.fixture(scope="module")
 def shared(cluster: Cluster) -> Iterator[tuple[Release, ChartOperator]]:
     """The chart's defaults (all namespaces, ClusterRole), one operator process."""
-
-    async def install() -> Release:
-        async with aiohttp.ClientSession() as http:
-            return await cluster.install(cluster.admin(http))
-
-    release = asyncio.run(install())
-    process = release.start_operator(cluster.sim_url)
-    yield release, process
-    problems = list(stopped_cleanly(process))
-    assert problems == [], f"operator log {process.log}"
+    yield from default_install(cluster)
 
 
 @pytest.fixture
 async def kube(cluster: Cluster, shared: tuple[Release, ChartOperator], request: pytest.FixtureRequest
                ) -> AsyncIterator[KubeClient]:
     """The admin, in a namespace of this test's own."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_apiserver_").lower())[:40].strip("-")
     async with aiohttp.ClientSession() as http:
-        yield await cluster.namespace(cluster.admin(http), f"c{next(_NAMESPACES)}-{name}")
+        yield await own_namespace(cluster, http, request.node.name, "c", _NAMESPACES)
 
 
 async def operator_metrics(kube: KubeClient, shared: tuple[Release, ChartOperator]) -> str:

@@ -15,13 +15,15 @@ from pydantic import ValidationError
 from gptomni_common.logging_setup import configure_logging
 from gptomni_common.settings_help import add_help_and_version
 from gptomni_operator.handlers import register
+from gptomni_operator.key_handlers import register_api_keys
 from gptomni_operator.memo import CredentialMemo
 from gptomni_operator.settings import OperatorSettings
 from gptomni_operator.state import OperatorState
 
 # kopf logs each run of a handler at INFO. These two run on every event of every Secret
 # and credential it watches, replays included: a line each would drown the log.
-_ROUTINE = frozenset(f"Handler '{handler}' succeeded." for handler in ("secret_changed", "credential_changed"))
+_ROUTINE = frozenset(f"Handler '{handler}' succeeded." for handler in (
+    "secret_changed", "credential_changed", "api_key_changed", "api_key_secret_changed"))
 
 
 def quiet_routine_handlers(record: logging.LogRecord) -> bool:
@@ -47,7 +49,7 @@ def missing_kubernetes_credentials() -> str | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="gptomni-operator", description="Health-checks GPTOmniCredential cookies.")
+    parser = argparse.ArgumentParser(prog="gptomni-operator", description="Health-checks GPTOmniCredential cookies; publishes GPTOmniAPIKeys.")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", help="watch this namespace (repeatable)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, "json")
     logging.getLogger("kopf.objects").addFilter(quiet_routine_handlers)
     registry = kopf.OperatorRegistry()
-    register(registry, OperatorState(settings))
+    state = OperatorState(settings)
+    register(registry, state)
+    register_api_keys(registry, state)
     try:
         asyncio.run(kopf.operator(
             registry=registry,

@@ -63,9 +63,10 @@ class KubeApi:
         secret = await self.read_secret(namespace, ref.name)
         return cookie_from_data(namespace, ref, None if secret is None else (secret.data or {}))
 
-    async def read_credential(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def read_credential(self, namespace: str, name: str, plural: str = PLURAL) -> dict[str, Any] | None:
+        """A custom resource of ours (a GPTOmniCredential unless `plural` says otherwise)."""
         try:
-            return await self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return await self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -73,9 +74,9 @@ class KubeApi:
 
     async def update_status(
         self, namespace: str, name: str, resource_version: str, status: dict[str, Any],
-        change: Callable[[dict[str, Any]], dict[str, Any] | None],
+        change: Callable[[dict[str, Any]], dict[str, Any] | None], plural: str = PLURAL,
     ) -> dict[str, Any] | None:
-        """Merge `change(status)` into the credential's status through /status.
+        """Merge `change(status)` into the credential's (or `plural`'s) status through /status.
 
         `change` gets the current status and returns the fields to write (None: nothing
         to do). On a conflict it is called again with the status read afresh. Returns
@@ -87,7 +88,7 @@ class KubeApi:
                 return None
             try:
                 await self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, PLURAL, name,
+                    GROUP, VERSION, namespace, plural, name,
                     {"metadata": {"resourceVersion": resource_version}, "status": fields},
                     _content_type="application/merge-patch+json",
                 )
@@ -97,9 +98,9 @@ class KubeApi:
                     return None
                 if exc.status != 409:
                     raise
-            self.metrics.conflicts.labels("credential").inc()
+            self.metrics.conflicts.labels("credential" if plural == PLURAL else "api_key").inc()
             await conflict_pause()
-            fresh = await self.read_credential(namespace, name)
+            fresh = await self.read_credential(namespace, name, plural)
             if fresh is None:
                 return None
             resource_version, status = fresh["metadata"]["resourceVersion"], dict(fresh.get("status") or {})

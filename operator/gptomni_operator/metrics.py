@@ -15,7 +15,7 @@ from gptomni_common.upstream import Outcome
 CHECK_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 SECRET_WRITE_RESULTS = ("created", "updated", "unchanged")
 RECONCILE_STAGES = ("check", "publish", "target_conflict")
-CONFLICT_RESOURCES = ("credential", "secret")
+CONFLICT_RESOURCES = ("credential", "api_key", "secret")
 
 
 class OperatorMetrics:
@@ -30,8 +30,12 @@ class OperatorMetrics:
             "gptomni_operator_healthy_credentials", "Credentials written to each pool Secret",
             ["secret_namespace", "secret"], registry=r,
         )
+        self.published_api_keys = Gauge(
+            "gptomni_operator_api_keys", "API keys published into each key-set Secret",
+            ["secret_namespace", "secret"], registry=r,
+        )
         self.secret_writes = Counter(
-            "gptomni_operator_secret_writes", "Pool Secret syncs by result (created/updated/unchanged)", ["result"],
+            "gptomni_operator_secret_writes", "Pool and key-set Secret syncs by result (created/updated/unchanged)", ["result"],
             registry=r,
         )
         self.reconcile_errors = Counter(

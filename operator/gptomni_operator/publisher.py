@@ -8,8 +8,7 @@ each member whose Ready condition changes. The content is a function of the memb
 statuses and checked cookies, so a restarted operator writes the same pool, and an
 unchanged pool is not written at all (relay pods see no churn).
 
-Passes for one Secret never overlap; requests that arrive during a pass are served by
-one more pass (`publish` waits for a pass that started after it was called).
+Passes for one Secret never overlap (serial_passes.py).
 """
 
 from __future__ import annotations
@@ -28,9 +27,10 @@ from kubernetes_asyncio import client
 from gptomni_common.pool_file import SECRET_KEY, PoolDocument, PoolEntry, PoolFileError, parse_pool_document
 from gptomni_operator import CONTENT_HASH_ANNOTATION, MANAGED_BY
 from gptomni_operator.cookies import CookieCache, cookie_digest
-from gptomni_operator.kube import KubeApi, retry_on_conflict
+from gptomni_operator.kube import KubeApi
 from gptomni_operator.members import Member
 from gptomni_operator.metrics import OperatorMetrics
+from gptomni_operator.serial_passes import SerialPasses
 from gptomni_operator.verdict import condition, make_condition, with_condition
 
 log = logging.getLogger(__name__)
@@ -64,65 +64,47 @@ def current_pool(secret: client.V1Secret | None) -> PoolDocument | None:
         return None
 
 
+async def write_managed_secret(kube: KubeApi, namespace: str, name: str, existing: client.V1Secret | None,
+                               data_key: str, content: bytes, digest: str, existing_digest: str | None) -> str:
+    """Create or update a Secret the operator publishes (`data_key` = `content`, whose
+    canonical hash is `digest`); "unchanged" when it already holds that content (the
+    hash of what it holds is `existing_digest`), so relay pods see no churn."""
+    encoded = base64.b64encode(content).decode("ascii")
+    annotations = {CONTENT_HASH_ANNOTATION: digest}
+    if existing is None:
+        await kube.create_secret(namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=MANAGED_LABELS,
+                                         annotations=annotations),
+            type="Opaque",
+            data={data_key: encoded},
+        ))
+        return "created"
+    labels, found = existing.metadata.labels or {}, existing.metadata.annotations or {}
+    if (existing_digest == digest and found.get(CONTENT_HASH_ANNOTATION) == digest
+            and MANAGED_LABELS.items() <= labels.items()):
+        return "unchanged"
+    await kube.patch_secret(namespace, name, existing.metadata.resource_version, {
+        "metadata": {"annotations": annotations, "labels": MANAGED_LABELS},
+        "data": {data_key: encoded},
+    })
+    return "updated"
+
+
 @dataclass(frozen=True)
 class Published:
     ids: frozenset[str]
     conflict: str | None = None  # why nothing could be written
 
 
-class TargetPublisher:
+class TargetPublisher(SerialPasses[Published]):
     def __init__(self, namespace: str, target: str, kube: KubeApi, cookies: CookieCache, metrics: OperatorMetrics,
                  retry_base_seconds: float) -> None:
-        self.namespace, self.target = namespace, target
-        self._kube, self._cookies, self._metrics = kube, cookies, metrics
-        self._retry_base_seconds = retry_base_seconds
-        self._lock = asyncio.Lock()
-        self._requested = self._served = 0
-        self._last = Published(frozenset())
-        self._dirty = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(namespace, target, metrics, retry_base_seconds, Published(frozenset()))
+        self.target = target
+        self._kube, self._cookies = kube, cookies
         self.members: MembersIndex = {}
         # The pool Secret as the last pass left it, to tell our writes from others' edits.
         self.seen: tuple[bool, str | None] | None = None
-
-    def request(self) -> None:
-        """Publish soon, in the background (retried until it succeeds)."""
-        self._dirty.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"publish {self.namespace}/{self.target}")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        delay = self._retry_base_seconds
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            try:
-                await self.publish()
-                delay = self._retry_base_seconds
-            except Exception as exc:  # the API blipped: try again, never die
-                self._metrics.reconcile_errors.labels("publish").inc()
-                log.warning("publishing failed, retrying", extra={
-                    "secret": f"{self.namespace}/{self.target}", "error": f"{type(exc).__name__}: {exc}"})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
-                self._dirty.set()
-
-    async def publish(self) -> Published:
-        """Run a pass that starts after this call (or join one), and return what it published."""
-        self._requested += 1
-        ticket = self._requested
-        async with self._lock:
-            if self._served >= ticket:
-                return self._last
-            covered = self._requested
-            self._last = await retry_on_conflict(self._metrics, "secret", self._pass)
-            self._served = covered
-            return self._last
 
     async def _pass(self) -> Published:
         members = sorted(self.members.get((self.namespace, self.target), ()), key=lambda member: member.name)
@@ -154,7 +136,12 @@ class TargetPublisher:
             entries.append(PoolEntry(id=member.id, cookie=cookie, weight=member.weight,
                                      maxConcurrency=member.max_concurrency))
         digest = content_hash(entries)
-        written = await self._write(existing, entries, digest)
+        current = current_pool(existing)
+        document = PoolDocument(version=1, generated_at=datetime.now(UTC), credentials=entries)
+        written = await write_managed_secret(
+            self._kube, self.namespace, self.target, existing, SECRET_KEY,
+            document.model_dump_json(by_alias=True).encode("utf-8"), digest,
+            None if current is None else content_hash(current.credentials))
         self._metrics.secret_writes.labels(written).inc()
         self._metrics.healthy_credentials.labels(self.namespace, self.target).set(len(entries))
         if written != "unchanged":
@@ -164,29 +151,6 @@ class TargetPublisher:
         published = frozenset(entry.id for entry in entries)
         await self._mark(members, published, unchecked, None)
         return Published(published)
-
-    async def _write(self, existing: client.V1Secret | None, entries: list[PoolEntry], digest: str) -> str:
-        document = PoolDocument(version=1, generated_at=datetime.now(UTC), credentials=entries)
-        encoded = base64.b64encode(document.model_dump_json(by_alias=True).encode("utf-8")).decode("ascii")
-        annotations = {CONTENT_HASH_ANNOTATION: digest}
-        if existing is None:
-            await self._kube.create_secret(self.namespace, client.V1Secret(
-                metadata=client.V1ObjectMeta(name=self.target, namespace=self.namespace, labels=MANAGED_LABELS,
-                                             annotations=annotations),
-                type="Opaque",
-                data={SECRET_KEY: encoded},
-            ))
-            return "created"
-        current = current_pool(existing)
-        labels, found = existing.metadata.labels or {}, existing.metadata.annotations or {}
-        if (current is not None and content_hash(current.credentials) == digest
-                and found.get(CONTENT_HASH_ANNOTATION) == digest and MANAGED_LABELS.items() <= labels.items()):
-            return "unchanged"
-        await self._kube.patch_secret(self.namespace, self.target, existing.metadata.resource_version, {
-            "metadata": {"annotations": annotations, "labels": MANAGED_LABELS},
-            "data": {SECRET_KEY: encoded},
-        })
-        return "updated"
 
     async def _mark(self, members: list[Member], published: frozenset[str], unchecked: set[str],
                     conflict: str | None) -> None:

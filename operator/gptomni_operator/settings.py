@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gptomni_common.api_key_set import DEFAULT_KEY_SET_SECRET
 from gptomni_common.pool_file import DEFAULT_POOL_SECRET
 from gptomni_common.setting_types import BaseUrl, CommaList
 
@@ -27,6 +28,9 @@ class OperatorSettings(BaseSettings):
     # The pool Secret of credentials that name no spec.targetSecret (the chart sets it
     # from poolSecret.name, the Secret its relay mounts).
     default_target_secret: str = Field(DEFAULT_POOL_SECRET, min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN)
+    # The Secret each namespace's GPTOmniAPIKeys are published into (the chart sets it from
+    # apiKeySet.secretName, the Secret its relay mounts).
+    key_set_secret: str = Field(DEFAULT_KEY_SET_SECRET, min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN)
     metrics_port: int = Field(9090, ge=0, le=65535)
     # Transient failures (timeouts, 5xx) keep the previous verdict until this many in a row.
     transient_failure_threshold: int = Field(3, ge=1)

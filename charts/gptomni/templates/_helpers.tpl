@@ -89,12 +89,13 @@ app.kubernetes.io/component: operator
 
 {{- define "gptomni.operator.namespacedRules" -}}
 - apiGroups: [gptomni.io]
-  resources: [gptomnicredentials]
+  resources: [gptomnicredentials, gptomniapikeys]
   verbs: [get, list, watch, patch, update]
 - apiGroups: [gptomni.io]
-  resources: [gptomnicredentials/status]
+  resources: [gptomnicredentials/status, gptomniapikeys/status]
   verbs: [get, patch, update]
-# Reads the cookie Secrets the credentials reference; writes the pool Secrets.
+# Reads the cookie Secrets the credentials reference; writes the pool Secrets; reads the
+# API keys' Secrets (creating them, with a random key, when missing); writes the key sets.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, patch, update]
