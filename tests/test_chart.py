@@ -428,3 +428,17 @@ def test_bundled_redis_is_private_to_the_relay() -> None:
     policy = one(documents, "NetworkPolicy", "gptomni-redis")
     assert policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "relay"
     assert not [d for d in render({}) if "redis" in d["metadata"]["name"]]
+
+
+def test_the_key_set_secret_reaches_relay_and_operator() -> None:
+    documents = render({"apiKeySet": {"secretName": "team-keys"}})
+    relay, operator = (one(documents, "Deployment", name)["spec"]["template"]["spec"]
+                       for name in ("gptomni-relay", "gptomni-operator"))
+    [volume] = [v for v in relay["volumes"] if v["name"] == "key-set"]
+    assert volume["secret"] == {"secretName": "team-keys", "optional": True}  # absent until a key exists
+    [container] = relay["containers"]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "key-set"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GPTOMNI_API_KEY_SET_FILE"] == f"{mount['mountPath']}/api-keys.json" and "subPath" not in mount
+    [operator_container] = operator["containers"]
+    assert {"name": "GPTOMNI_OPERATOR_KEY_SET_SECRET", "value": "team-keys"} in operator_container["env"]

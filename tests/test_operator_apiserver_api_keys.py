@@ -4,24 +4,31 @@ the chart installs it (ClusterRole, its RBAC only), each test in a namespace of 
 What is checked as the API server holds it: the key Secret the operator creates (owned by
 the key), the key-set Secret it publishes (salted hashes, never a key), the status
 (conditions, fingerprint), printer columns, schema validation, and that a key leaves the
-published set within seconds of being disabled, expiring or deleted.
+published set within seconds of being disabled, expiring or deleted; and, through a
+relay process reading the key set as kubelet projects it, that a key works within seconds
+of its creation and is refused within seconds of being disabled, expiring or deleted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 
 from gptomni_common.api_key_set import DEFAULT_KEY_SET_SECRET, key_fingerprint, key_hash
+from tests.harness import write_data_link
 from tests.kube_client import CRD_API, MERGE_PATCH, TABLE, KubeClient, condition_of, eventually
 from tests.operator_apiserver_env import ChartOperator, Cluster, Release, default_install, own_namespace
+from tests.processes import free_port, relay_process
 
 pytestmark = [pytest.mark.timeout(120)]
 WAIT = 30.0  # seconds any one expected change may take
@@ -197,3 +204,79 @@ async def test_apiserver_disabled_expired_and_deleted_keys_leave_the_published_s
 
     await kube.ok("PATCH", f"{keys_path(kube)}/ann", {"spec": {"disabled": False}}, MERGE_PATCH)
     await eventually(lambda: names_are(kube, {"ann"}), WAIT)
+
+
+def project(directory: Path, raw: bytes) -> None:
+    """The key-set Secret's file as kubelet projects it (an atomic `..data` swap)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
+    (directory / stamp).mkdir()
+    (directory / stamp / "api-keys.json").write_bytes(raw)
+    write_data_link(directory, stamp, "api-keys.json")
+
+
+async def test_apiserver_a_relay_accepts_a_new_key_and_refuses_it_once_disabled_expired_or_deleted(
+        kube: KubeClient, cluster: Cluster, tmp_path: Path) -> None:
+    """GPTOmniAPIKey -> key-set Secret -> a directory as kubelet projects it -> a relay process."""
+    key_dir = tmp_path / "keys"
+    project(key_dir, b'{"version": 1, "salt": "00000000000000000000000000000000", "keys": []}')
+    env = {"GPTOMNI_UPSTREAM_URL": cluster.sim_url, "GPTOMNI_API_KEYS": "static:sk-static-key-for-the-pool-only",
+           "GPTOMNI_API_KEY_SET_FILE": str(key_dir / "api-keys.json"), "GPTOMNI_CREDENTIALS": '["session=keys"]',
+           "GPTOMNI_CREDENTIALS_POLL_SECONDS": "0.1", "GPTOMNI_METRICS_PORT": str(free_port())}
+
+    async def follow() -> None:  # kubelet's part: the Secret's current content into the directory
+        seen = None
+        while True:
+            body = await kube.secret(DEFAULT_KEY_SET_SECRET)
+            raw = base64.b64decode(((body or {}).get("data") or {}).get("api-keys.json", ""))
+            if raw and raw != seen:
+                project(key_dir, raw)
+                seen = raw
+            await asyncio.sleep(0.2)
+
+    with relay_process(env=env) as relay:
+        def status_with(key: str) -> int:
+            return httpx.post(f"{relay.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                              json={"model": "gptomni", "messages": [{"role": "user", "content": "hi"}]},
+                              timeout=10).status_code
+
+        async def answered(key: str, status: int) -> bool:
+            return await asyncio.to_thread(status_with, key) == status
+
+        kubelet = asyncio.create_task(follow())
+        try:
+            await add_key(kube, "ann")
+            await add_key(kube, "cy")
+            await add_key(kube, "dee")
+            ann, cy, dee = [await eventually(lambda n=n: key_in_secret(kube, f"{n}-key"), WAIT) for n in ("ann", "cy", "dee")]
+            for key in (ann, cy, dee):
+                await eventually(lambda key=key: answered(key, 200), WAIT)
+
+            await kube.ok("PATCH", f"{keys_path(kube)}/ann", {"spec": {"disabled": True}}, MERGE_PATCH)
+            await eventually(lambda: answered(ann, 401), WAIT)
+            await eventually(lambda: key_condition(kube, "ann", "Disabled", "True"), WAIT)
+            body = await eventually(lambda: key_condition(kube, "ann", "Ready", "False", "Disabled"), WAIT)
+            assert body["status"]["fingerprint"] == key_fingerprint(ann)
+
+            soon = (datetime.now(UTC) + timedelta(seconds=8)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            await kube.ok("PATCH", f"{keys_path(kube)}/cy", {"spec": {"expiresAt": soon}}, MERGE_PATCH)
+            await eventually(lambda: answered(cy, 401), WAIT)
+            await eventually(lambda: key_condition(kube, "cy", "Expired", "True"), WAIT)
+            await eventually(lambda: names_are(kube, {"dee"}), WAIT)
+
+            assert await kube.delete(f"{keys_path(kube)}/dee") == 200
+            await eventually(lambda: answered(dee, 401), WAIT)
+            await eventually(lambda: names_are(kube, set()), WAIT)
+            # The refusals say nothing about whether a key exists.
+            refusal = await asyncio.to_thread(
+                httpx.post, f"{relay.url}/v1/chat/completions", headers={"Authorization": f"Bearer {ann}"},
+                json={"model": "gptomni", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+            unknown = await asyncio.to_thread(
+                httpx.post, f"{relay.url}/v1/chat/completions", headers={"Authorization": "Bearer sk-never-was-a-key"},
+                json={"model": "gptomni", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+            assert refusal.json() == unknown.json()
+            assert await asyncio.to_thread(status_with, "sk-static-key-for-the-pool-only") == 200
+        finally:
+            kubelet.cancel()
+        for key in (ann, cy, dee):
+            assert key not in Path(relay.log.name).read_text()

@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from gptomni_relay import __version__
 from gptomni_relay.openai_api import chat_route, models_route
+from gptomni_relay.openai_api.admission import KeyAdmissionMiddleware
 from gptomni_relay.openai_api.errors import install_error_handlers
 from gptomni_relay.openai_api.event_stream import SERVER_SEND_SCOPE_KEY
 from gptomni_relay.probes import probe_routes
@@ -62,6 +63,7 @@ def create_app(settings: RelaySettings | None = None, tracer_provider: TracerPro
                    openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.relay = relay
     install_error_handlers(app)
+    app.add_middleware(KeyAdmissionMiddleware)
     app.router.routes.extend([chat_route.route, *models_route.routes, *probe_routes])
 
     if provider is not None:

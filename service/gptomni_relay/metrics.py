@@ -13,6 +13,7 @@ the configuration are dropped.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 
@@ -37,6 +38,12 @@ REFUSAL_STATUSES = ("400", "401", "404", "413")
 ANSWER_STATUSES = ("200", "400", "429", "499", "500", "502", "503", "504")
 STREAM_LABELS = ("true", "false")
 POOL_RELOAD_RESULTS = ("ok", "invalid", "missing")
+# Why a known key was refused (docs/api-keys.md): its limits, a model it may not use, expiry.
+KEY_REFUSAL_REASONS = ("requests", "concurrency", "tokens", "model", "expired")
+# Per-key series stay bounded whatever the key set holds: beyond this many names, the rest
+# share the label `other`.
+MAX_KEY_LABELS = 200
+OTHER_KEYS = "other"
 
 
 class StatusClass(StrEnum):
@@ -111,6 +118,18 @@ class RelayMetrics:
             "gptomni_api_key_requests", "Chat completion requests by API-key name and status class",
             ["api_key", "status_class"], registry=r,
         )
+        self.api_key_refusals = Counter(
+            "gptomni_api_key_refusals", "Requests of a known API key refused, by reason (requests, concurrency, "
+            "tokens, model, expired)", ["api_key", "reason"], registry=r,
+        )
+        self.api_key_tokens = Counter(
+            "gptomni_api_key_tokens", "Estimated prompt + completion tokens of API keys with limits", ["api_key"],
+            registry=r,
+        )
+        self.api_key_budget_used = Gauge(
+            "gptomni_api_key_budget_used_ratio", "Share of its tokensPerDay a key has used today, as this replica "
+            "last counted it", ["api_key"], registry=r,
+        )
         self.request_duration = Histogram(
             "gptomni_request_duration_seconds", "Whole request time", ["stream"], buckets=DURATION_BUCKETS, registry=r
         )
@@ -169,8 +188,23 @@ class RelayMetrics:
         self._credential_ids = _track(self.upstream_attempts, self._credential_ids, set(ids), [o.value for o in Outcome])
 
     def track_api_key_names(self, names: Iterable[str]) -> None:
-        """These API-key names are configured now: their counters exist, others' go."""
-        self._api_key_names = _track(self.api_key_requests, self._api_key_names, set(names), list(StatusClass))
+        """These API-key names are configured now: their counters exist, others' go (at
+        most MAX_KEY_LABELS names, the rest counted as `other`)."""
+        ordered = sorted(set(names))
+        current = set(ordered[:MAX_KEY_LABELS]) | ({OTHER_KEYS} if len(ordered) > MAX_KEY_LABELS else set())
+        known = self._api_key_names
+        _track(self.api_key_refusals, known, current, list(KEY_REFUSAL_REASONS))
+        for gone in known - current:
+            for counter in (self.api_key_tokens, self.api_key_budget_used):
+                with contextlib.suppress(KeyError):
+                    counter.remove(gone)
+        for new in current - known:
+            self.api_key_tokens.labels(new)
+            self.api_key_budget_used.labels(new)
+        self._api_key_names = _track(self.api_key_requests, known, current, list(StatusClass))
+
+    def key_label(self, name: str) -> str:
+        return name if name in self._api_key_names else OTHER_KEYS
 
     def observe_request(self, model: str, status: int | str, stream: bool, seconds: float,
                         api_key: str | None = None) -> None:
@@ -180,7 +214,7 @@ class RelayMetrics:
         self.requests.labels(model, str(status), stream_label).inc()
         self.request_duration.labels(stream_label).observe(seconds)
         if api_key is not None:
-            self.api_key_requests.labels(api_key, status_class(status)).inc()
+            self.api_key_requests.labels(self.key_label(api_key), status_class(status)).inc()
 
 
 def status_class(status: int | str) -> StatusClass:

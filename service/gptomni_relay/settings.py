@@ -48,6 +48,10 @@ class RelaySettings(BaseSettings):
 
     api_keys: CommaList = Field(default_factory=list)
     api_keys_file: Path | None = None
+    # The key set the operator publishes from GPTOmniAPIKey resources (api-keys.json of
+    # the mounted key-set Secret): salted hashes, models, limits, expiry. Followed like
+    # the pool file; docs/api-keys.md.
+    api_key_set_file: Path | None = None
     models: CommaList = Field(default_factory=lambda: ["gptomni"])
 
     # The seed's form: a JSON list of cookie strings.

@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from gptomni_common.api_key_set import KeySetDocument, parse_key_set
 from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamTimeouts
-from gptomni_relay.api_keys import ApiKey, api_key
+from gptomni_relay.api_keys import ApiKey, KeyRing, api_key
 from gptomni_relay.core.failover import AnswerSource, FailoverPolicy
+from gptomni_relay.core.key_limits import KeyLimiter, LocalCounts
+from gptomni_relay.core.key_limits_store import StoreCounts
 from gptomni_relay.core.pool import Credential, CredentialPool, Pool
 from gptomni_relay.core.pool_sources import MAX_POOL_FILE_BYTES, credentials_from_env, credentials_from_file
 from gptomni_relay.core.shared_pool import SharedCredentialPool
@@ -45,6 +48,9 @@ class RelayState:
     tracer_provider: TracerProvider | None
     answers: AnswerSource
     static_credentials: list[Credential]
+    key_limiter: KeyLimiter
+    key_set: KeySetDocument | None = None
+    keys: KeyRing = field(default_factory=KeyRing)
     watchers: list[FileWatcher] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -65,15 +71,26 @@ class RelayState:
         self.pool.replace(credentials)
         self.metrics.track_credentials(credential.id for credential in credentials)
 
+    def load_key_set_file(self, raw: bytes) -> None:
+        """The operator's GPTOmniAPIKeys: a key that left the set is refused at the next poll."""
+        self.key_set = parse_key_set(raw)
+        self._install_keys()
+        log.info("API key set loaded", extra={"keys": [entry.name for entry in self.key_set.keys]})
+
     def install_api_keys(self, keys: list[str]) -> None:
         self.api_keys = [api_key(key) for key in keys]
-        self.metrics.track_api_key_names(key.name for key in self.api_keys)
+        self._install_keys()
+
+    def _install_keys(self) -> None:
+        self.keys = KeyRing.of(self.api_keys, self.key_set)
+        self.metrics.track_api_key_names(self.keys.names())
 
     async def start(self) -> None:
         for watcher in self.watchers:
             watcher.check_now()
             self.tasks.append(asyncio.create_task(watcher.run(), name=f"watch {watcher.path}"))
         await self.pool.start()
+        await self.key_limiter.start()
         if self.settings.eject_probe_seconds > 0:
             self.tasks.append(asyncio.create_task(self._probe_ejected_forever(), name="ejected-prober"))
 
@@ -84,6 +101,7 @@ class RelayState:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.tasks.clear()
+        await self.key_limiter.stop()
         await self.pool.stop()
         await self.upstream.aclose()
         if self.tracer_provider is not None:
@@ -112,47 +130,65 @@ def resolve_api_keys(settings: RelaySettings) -> list[str]:
         keys = settings.load_api_keys()
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read GPTOMNI_API_KEYS_FILE: {exc}") from None
-    if not keys:
+    if not keys and settings.api_key_set_file is None:
         if settings.demo:
             return [f"demo:{DEMO_API_KEY}"]
         raise ConfigurationError(
-            "no API key configured: set GPTOMNI_API_KEYS (comma list) or GPTOMNI_API_KEYS_FILE, "
+            "no API key configured: set GPTOMNI_API_KEYS (comma list), GPTOMNI_API_KEYS_FILE or GPTOMNI_API_KEY_SET_FILE, "
             "or run the local demo with --demo"
         )
     return keys
 
 
-def build_pool(settings: RelaySettings) -> Pool:
-    """In-process, or shared by every replica through Redis when GPTOMNI_REDIS_URL is set."""
+def connect_store(settings: RelaySettings) -> SharedStore | None:
+    """The shared store (GPTOMNI_REDIS_URL) the pool and the API-key limits share, if any."""
     if settings.redis_url is None:
-        # Without a shared store each replica keeps to its share of every cookie's limit, so
-        # that the replicas together never exceed it (GPTOMNI_REPLICAS: the most there can be).
-        return CredentialPool(settings.cooldown_base_seconds, settings.cooldown_max_seconds,
-                              limit=lambda credential: max(1, credential.max_concurrency // settings.replicas))
+        return None
     try:
         password = settings.load_redis_password()
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read GPTOMNI_REDIS_PASSWORD_FILE: {exc}") from None
     try:
-        store = SharedStore.connect(settings.redis_url, password, settings.redis_timeout_seconds,
-                                    settings.redis_key_prefix, settings.pool_lease_seconds)
+        return SharedStore.connect(settings.redis_url, password, settings.redis_timeout_seconds,
+                                   settings.redis_key_prefix, settings.pool_lease_seconds)
     except (OSError, ValueError) as exc:  # the URL's TLS options or files
         raise ConfigurationError(f"GPTOMNI_REDIS_URL: {exc}") from None
+
+
+def build_key_limiter(settings: RelaySettings, store: SharedStore | None, replica_id: str) -> KeyLimiter:
+    """API-key limits for the deployment: in the shared store, else each replica keeps to its share."""
+    if store is None:
+        return KeyLimiter(LocalCounts(share=settings.replicas), replica_id)
+    return KeyLimiter(StoreCounts(store, lease_seconds=settings.pool_lease_seconds,
+                                  expected_replicas=settings.replicas,
+                                  sync_seconds=min(0.5, settings.pool_lease_seconds / 4)), replica_id)
+
+
+def build_pool(settings: RelaySettings, store: SharedStore | None = None, replica_id: str | None = None) -> Pool:
+    """In-process, or shared by every replica through Redis when GPTOMNI_REDIS_URL is set."""
+    store = store if store is not None else connect_store(settings)
+    if store is None:
+        # Without a shared store each replica keeps to its share of every cookie's limit, so
+        # that the replicas together never exceed it (GPTOMNI_REPLICAS: the most there can be).
+        return CredentialPool(settings.cooldown_base_seconds, settings.cooldown_max_seconds,
+                              limit=lambda credential: max(1, credential.max_concurrency // settings.replicas))
     return SharedCredentialPool(
         store,
-        replica_id=f"{socket.gethostname()}-{secrets.token_hex(3)}",
+        replica_id=replica_id or f"{socket.gethostname()}-{secrets.token_hex(3)}",
         expected_replicas=settings.replicas,
         lease_seconds=settings.pool_lease_seconds,
         sync_seconds=min(0.5, settings.pool_lease_seconds / 4),
         cooldown_base_seconds=settings.cooldown_base_seconds,
         cooldown_max_seconds=settings.cooldown_max_seconds,
-        store_address=printable_url(settings.redis_url),
+        store_address=printable_url(settings.redis_url or ""),
     )
 
 
 def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None) -> RelayState:
     keys = resolve_api_keys(settings)
-    pool = build_pool(settings)
+    store = connect_store(settings)
+    replica_id = f"{socket.gethostname()}-{secrets.token_hex(3)}"
+    pool = build_pool(settings, store, replica_id)
     static = credentials_from_env(settings.credentials, settings.default_max_concurrency)
     upstream = UpstreamClient(
         settings.upstream_url,
@@ -181,6 +217,7 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None)
         tracer_provider=tracer_provider,
         answers=answers,
         static_credentials=static,
+        key_limiter=build_key_limiter(settings, store, replica_id),
     )
     relay.install_api_keys(keys)
     relay.install_pool(static)
@@ -193,5 +230,10 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None)
         relay.watchers.append(FileWatcher(
             settings.api_keys_file, "API key", settings.credentials_poll_seconds, MAX_API_KEYS_FILE_BYTES,
             load=relay.load_api_keys_file,
+        ))
+    if settings.api_key_set_file is not None:
+        relay.watchers.append(FileWatcher(
+            settings.api_key_set_file, "API key set", settings.credentials_poll_seconds, MAX_API_KEYS_FILE_BYTES,
+            load=relay.load_key_set_file,
         ))
     return relay

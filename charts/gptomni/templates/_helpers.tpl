@@ -65,6 +65,7 @@ app.kubernetes.io/component: operator
 {{- /* Paths inside the relay container; the pool path is what GPTOMNI_CREDENTIALS_FILE names. */ -}}
 {{- define "gptomni.poolMountPath" -}}/var/run/gptomni/pool{{- end -}}
 {{- define "gptomni.apiKeysMountPath" -}}/var/run/gptomni/api-keys{{- end -}}
+{{- define "gptomni.keySetMountPath" -}}/var/run/gptomni/key-set{{- end -}}
 
 {{- /* A component's (relay's or operator's) extra environment: its env map, then its extraEnvVars list. */ -}}
 {{- define "gptomni.extraEnv" -}}

@@ -326,6 +326,15 @@ class SharedStore:
         return self._line.send(encode_command(part_count, script.by_sha, *encoded), convert=convert,
                                on_missing_script=lambda: encode_command(part_count, script.by_body, *encoded))
 
+    # --- for other state on the same connection (core/key_limits_store.py) -----------
+
+    def tagged_key(self, *parts: str) -> str:
+        """A key under this store's hash tag (one Redis Cluster node for all)."""
+        return ":".join((self._tag, *parts))
+
+    def run_script(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> asyncio.Future[Any]:
+        return self._call(script, keys, args)
+
     # --- leases --------------------------------------------------------------------
 
     def prepare(self, candidates: Sequence[Candidate]) -> Prepared:

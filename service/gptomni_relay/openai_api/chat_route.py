@@ -19,6 +19,7 @@ from gptomni_relay.core.conversation import fold_conversation
 from gptomni_relay.core.errors import RelayError
 from gptomni_relay.core.usage import estimate_tokens
 from gptomni_relay.metrics import UNKNOWN_MODEL
+from gptomni_relay.openai_api.admission import admit, token_counter
 from gptomni_relay.openai_api.auth import require_api_key
 from gptomni_relay.openai_api.completion_writer import CLIENT_GONE, CompletionWriter
 from gptomni_relay.openai_api.errors import APIError, error_for
@@ -38,8 +39,10 @@ async def chat_completions(request: Request) -> Response:
         key_name = require_api_key(request)
         body = parse_request(await read_limited_body(request, relay.settings.max_body_bytes), relay.settings.models)
         model, stream = body.model, body.stream
+        await admit(request, model)
         prompt = fold_conversation(conversation(body))
         writer = CompletionWriter(relay.metrics, body, estimate_tokens(prompt), started, key_name)
+        writer.on_usage = token_counter(request)
         failover = relay.answers.failover(prompt)
         # Waiting for a slot, every attempt and the failover between them stop at once
         # when the client hangs up (the watch cancels this task), freeing the slot.

@@ -62,6 +62,8 @@ class CompletionWriter:
         self._api_key = api_key  # the key's name (api_keys.py), never the key
         options = body.stream_options
         self._include_usage = options is not None and options.include_usage
+        # Told the tokens of the answer, for the key's budget (openai_api/admission.py).
+        self.on_usage: Callable[[int], None] = lambda tokens: None
 
     def _chunk_event(self, delta: Delta | None = None, usage: Usage | None = None) -> bytes:
         """A chunk with one choice carrying `delta`; with no delta, the closing chunk; with
@@ -115,6 +117,7 @@ class CompletionWriter:
 
     def _account(self, completion_tokens: int) -> Usage:
         usage = TokenUsage(self._prompt_tokens, completion_tokens)
+        self.on_usage(usage.total_tokens)
         self._metrics.prompt_tokens.labels(self._body.model).inc(usage.prompt_tokens)
         self._metrics.completion_tokens.labels(self._body.model).inc(usage.completion_tokens)
         return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
