@@ -37,6 +37,17 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
         ({"model": "gptomni", "messages": HELLO, "n": 2}, "n"),
         ({"model": "gptomni", "messages": HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"model": "gptomni", "messages": HELLO, "functions": [{"name": "f"}]}, "functions"),
+        ({"model": "gptomni", "messages": HELLO, "function_call": "auto"}, "function_call"),
+        ({"model": "gptomni", "messages": HELLO, "logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"model": "gptomni", "messages": HELLO, "logprobs": True}, "logprobs"),
+        ({"model": "gptomni", "messages": HELLO, "top_logprobs": 2}, "top_logprobs"),
+        ({"model": "gptomni", "messages": HELLO, "modalities": ["text", "audio"]}, "modalities"),
+        ({"model": "gptomni", "messages": HELLO, "audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+        ({"model": "gptomni", "messages": HELLO, "web_search_options": {}}, "web_search_options"),
+        ({"model": "gptomni", "messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": "gptomni", "messages": HELLO, "stop": 7}, "stop"),
+        ({"model": "gptomni", "messages": HELLO, "max_tokens": 0}, "max_tokens"),
+        ({"model": "gptomni", "messages": HELLO, "max_completion_tokens": -1}, "max_completion_tokens"),
         (
             {"model": "gptomni", "messages": [{"role": "user", "content": [
                 {"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]},
@@ -62,6 +73,10 @@ def test_sdk_sees_bad_request_error(relay: Harness) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         relay.client().chat.completions.create(model="gptomni", messages=HELLO, n=3)
     assert caught.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError) as caught:
+        relay.client().chat.completions.create(model="gptomni", messages=HELLO, logprobs=True, top_logprobs=3,
+                                               stream=True)
+    assert caught.value.body["param"] == "logprobs"
 
 
 def test_missing_and_wrong_keys_are_401(relay: Harness) -> None:

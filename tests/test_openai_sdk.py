@@ -107,9 +107,11 @@ def test_upstream_request_has_the_web_chat_headers(relay: Harness) -> None:
 
 
 def test_sampling_parameters_are_accepted_and_ignored(relay: Harness) -> None:
+    # Knobs the web chat lacks, whose absence cannot change what the answer is.
     completion = relay.client().chat.completions.create(
-        model="gptomni", messages=HELLO, temperature=0.2, top_p=0.9, max_tokens=5, presence_penalty=0.1,
-        frequency_penalty=0.1, stop=["x"], seed=1, user="someone",
+        model="gptomni", messages=HELLO, temperature=0.2, top_p=0.9, presence_penalty=0.1, frequency_penalty=0.1,
+        seed=1, user="someone", store=False, metadata={"team": "a"}, parallel_tool_calls=False, logprobs=False,
+        logit_bias={}, modalities=["text"], stream=None,
     )
     assert completion.choices[0].message.content == EXPECTED
 

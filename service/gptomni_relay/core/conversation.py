@@ -13,6 +13,11 @@ ending with an open `Assistant:` turn for the model to complete:
     User: And now?
 
     Assistant:
+
+The relay's own instructions for the answer (core/shaping: the tools it may call, the
+JSON it must write) come last, as a `System:` turn right before the open `Assistant:`
+turn, where a chat model heeds them most; a conversation with instructions is always a
+transcript.
 """
 
 from __future__ import annotations
@@ -59,11 +64,11 @@ def turn_text(turn: Turn, index: int) -> str:
     return "\n".join(texts)
 
 
-def fold_conversation(turns: Sequence[Turn]) -> str:
+def fold_conversation(turns: Sequence[Turn], instructions: str | None = None) -> str:
     texts = [turn_text(turn, i) for i, turn in enumerate(turns)]
     if not any(text.strip() for text in texts):
         raise BadConversation("The conversation has no text to send.")
-    if len(turns) == 1 and turns[0].role == "user":
+    if len(turns) == 1 and turns[0].role == "user" and not instructions:
         return texts[0]
     # System turns go first whatever their position: the web chat has no other place for them.
     ordered = [i for i, t in enumerate(turns) if _LABELS[t.role] == "System"]
@@ -77,5 +82,7 @@ def fold_conversation(turns: Sequence[Turn]) -> str:
         if turn.name and label != "System":
             label = f"{label} ({turn.name})"
         blocks.append(f"{label}: {text}")
+    if instructions:
+        blocks.append(f"System: {instructions}")
     blocks.append("Assistant:")
     return "\n\n".join(blocks)

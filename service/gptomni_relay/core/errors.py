@@ -64,6 +64,18 @@ class AnswerTookTooLong(UpstreamTimedOut):
     """An answer ran past the relay's limit (GPTOMNI_MAX_ANSWER_SECONDS), however steadily it came."""
 
 
+class UnusableAnswer(UpstreamFailed):
+    """GPT-Omni answered, but not in the shape the client asked for (no valid tool call where
+    one was required, JSON that does not parse or match its schema). Failover tries again
+    within the request's attempt budget, with `retry_prompt` when one is given; `code` names
+    what was wrong for the client."""
+
+    def __init__(self, message: str, code: str, retry_prompt: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_prompt = retry_prompt
+
+
 class BadConversation(RelayError):
     """The conversation cannot be folded into a prompt. `message_index` and `part_index`
     say where, when one place is to blame."""

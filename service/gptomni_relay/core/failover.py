@@ -5,6 +5,9 @@ timeout or an empty answer is retried on another credential, bounded in attempts
 time. A streamed answer is then committed to its credential: a later break reaches the
 client as an error event. A whole (non-streamed) answer reaches the client only when it
 is complete, so an answer that breaks midway is started again on another credential too.
+A whole answer that arrived but is unusable for the client's request (`UnusableAnswer`
+from the caller's `accept`: no valid tool call, JSON off its schema) is asked again on
+the same attempt budget, on any credential, this one included (it did nothing wrong).
 
 `Failover` takes every one of these decisions for one request; the HTTP layer renders
 what it returns and maps the domain errors it raises (core/errors.py).
@@ -15,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
@@ -30,6 +34,7 @@ from gptomni_relay.core.errors import (
     NothingLeftToTry,
     PoolUnavailable,
     RelayError,
+    UnusableAnswer,
     UpstreamFailed,
     UpstreamTimedOut,
 )
@@ -38,6 +43,8 @@ from gptomni_relay.core.usage import TokenMeter
 from gptomni_relay.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,8 @@ class Failover:
     def __init__(self, source: AnswerSource, prompt: str) -> None:
         self._source = source
         self._prompt = prompt
-        self._tried: set[str] = set()  # credential ids used so far, across re-opens
+        self._tried: set[str] = set()  # credential ids not to try again, across re-opens
+        self._attempts = 0
 
     async def open(self) -> UpstreamAnswer:
         """An answer whose first piece is in hand (for streaming)."""
@@ -148,7 +156,9 @@ class Failover:
         policy, pool = self._source.policy, self._source.pool
         deadline = loop.time() + policy.budget_seconds
         last_error: UpstreamError | None = None
-        for attempt in range(len(self._tried) + 1, policy.max_attempts + 1):
+        while self._attempts < policy.max_attempts:
+            self._attempts += 1
+            attempt = self._attempts
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -173,6 +183,25 @@ class Failover:
     async def whole(self) -> WholeAnswer:
         """The complete answer (for a non-streamed response). Nothing has reached the client
         before it is complete, so an answer that breaks midway is started again elsewhere."""
+        return await self.accepted(_as_is)
+
+    async def accepted(self, accept: Callable[[WholeAnswer], T]) -> T:
+        """`accept(answer)` of the first complete answer it does not reject with
+        `UnusableAnswer`; the last rejection is raised when the attempts run out."""
+        while True:
+            whole = await self._complete_answer()
+            try:
+                return accept(whole)
+            except UnusableAnswer as exc:
+                self._tried.discard(whole.credential_id)
+                if exc.retry_prompt is not None:
+                    self._prompt = exc.retry_prompt
+                log.warning("unusable answer", extra={"credential": whole.credential_id, "attempt": self._attempts,
+                                                      "reason": exc.code})
+                if not await self._may_try_again():
+                    raise
+
+    async def _complete_answer(self) -> WholeAnswer:
         while True:
             answer = await self.open()
             parts: list[str] = []
@@ -189,7 +218,7 @@ class Failover:
                 await answer.aclose()
 
     async def _may_try_again(self) -> bool:
-        return (len(self._tried) < self._source.policy.max_attempts
+        return (self._attempts < self._source.policy.max_attempts
                 and await self._source.pool.unavailability(self._tried) is None)
 
     async def _attempt(self, lease: PoolLease, attempt: int) -> UpstreamAnswer | UpstreamError:
@@ -233,6 +262,10 @@ class Failover:
         if last_error is None:
             return UpstreamTimedOut("gave up before any upstream attempt: the failover time budget ran out")
         return domain_error(last_error)
+
+
+def _as_is(answer: WholeAnswer) -> WholeAnswer:
+    return answer
 
 
 async def _abandon(stack: AsyncExitStack, lease: PoolLease, span: Span) -> None:

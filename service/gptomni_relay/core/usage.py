@@ -41,6 +41,23 @@ class TokenMeter:
     def tokens(self) -> int:
         return _tokens(self._cjk, self._characters)
 
+    def add_within(self, piece: str, limit: int) -> str:
+        """Adds the longest start of `piece` that keeps the count within `limit` tokens and
+        returns it (all of `piece` when it fits). The character walk runs only for the one
+        piece that crosses the limit."""
+        cjk = len(_CJK.findall(piece))
+        if _tokens(self._cjk + cjk, self._characters + len(piece)) <= limit:
+            self._cjk += cjk
+            self._characters += len(piece)
+            return piece
+        for end, character in enumerate(piece):
+            is_cjk = _CJK.match(character) is not None
+            if _tokens(self._cjk + is_cjk, self._characters + 1) > limit:
+                return piece[:end]
+            self._cjk += is_cjk
+            self._characters += 1
+        return piece
+
     @property
     def characters(self) -> int:
         return self._characters

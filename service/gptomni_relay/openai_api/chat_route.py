@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,6 +18,7 @@ from starlette.routing import Route
 
 from gptomni_relay.core.conversation import fold_conversation
 from gptomni_relay.core.errors import RelayError
+from gptomni_relay.core.shaping import TextCutter, instructions, interpret
 from gptomni_relay.core.usage import estimate_tokens
 from gptomni_relay.metrics import UNKNOWN_MODEL
 from gptomni_relay.openai_api.admission import admit, token_counter
@@ -25,7 +27,7 @@ from gptomni_relay.openai_api.completion_writer import CLIENT_GONE, CompletionWr
 from gptomni_relay.openai_api.errors import APIError, error_for
 from gptomni_relay.openai_api.event_stream import EventStreamResponse
 from gptomni_relay.openai_api.hang_up import HangUpWatch
-from gptomni_relay.openai_api.request_reading import conversation, parse_request, read_limited_body
+from gptomni_relay.openai_api.request_reading import answer_shape, conversation, parse_request, read_limited_body
 from gptomni_relay.state import RelayState
 
 log = logging.getLogger(__name__)
@@ -38,20 +40,27 @@ async def chat_completions(request: Request) -> Response:
     try:
         key_name = require_api_key(request)
         body = parse_request(await read_limited_body(request, relay.settings.max_body_bytes), relay.settings.models)
-        model, stream = body.model, body.stream
+        model, stream = body.model, bool(body.stream)
         await admit(request, model)
-        prompt = fold_conversation(conversation(body))
+        shape = answer_shape(body)
+        prompt = fold_conversation(conversation(body), instructions(shape))
         writer = CompletionWriter(relay.metrics, body, estimate_tokens(prompt), started, key_name)
         writer.on_usage = token_counter(request)
         failover = relay.answers.failover(prompt)
+        # The answer goes out as it arrives unless it must be whole first: not streamed, or
+        # a tool call / JSON document that is known good only at its end.
+        streams_pieces = stream and not shape.needs_whole_answer
         # Waiting for a slot, every attempt and the failover between them stop at once
         # when the client hangs up (the watch cancels this task), freeing the slot.
         async with HangUpWatch(request.receive) as watch:
-            if stream:
+            if streams_pieces:
                 answer = await failover.open()
                 first_piece_at = answer.first_piece_at
-            else:
+            elif shape.is_plain:
                 whole = await failover.whole()
+                first_piece_at = whole.first_piece_at
+            else:
+                whole, shaped = await failover.accepted(lambda whole: (whole, interpret(shape, whole.text)))
                 first_piece_at = whole.first_piece_at
         if watch.hung_up:
             writer.finish(CLIENT_GONE, None)
@@ -63,11 +72,22 @@ async def chat_completions(request: Request) -> Response:
     except APIError as exc:
         return _refuse(relay, exc, model, stream, started, key_name)
     relay.metrics.time_to_first_token.labels(model).observe(first_piece_at - started)
+    if streams_pieces:
+        cutter = None if shape.is_plain else TextCutter(shape.stops, shape.max_tokens)
+        return _event_stream(relay, writer, writer.sse_events(answer, cutter), lambda: writer.close_stream(answer))
+    if shape.is_plain:
+        return writer.json_response(whole)
     if stream:
-        return EventStreamResponse(writer.sse_events(answer), ping_seconds=relay.settings.sse_ping_seconds,
-                                   write_timeout=relay.settings.client_write_timeout_seconds,
-                                   on_close=lambda: writer.close_stream(answer), headers={"x-request-id": writer.id})
-    return writer.json_response(whole)
+        return _event_stream(relay, writer, writer.shaped_sse_events(shaped, whole.credential_id),
+                             lambda: writer.close_shaped_stream(whole.credential_id))
+    return writer.shaped_json_response(shaped, whole.credential_id)
+
+
+def _event_stream(relay: RelayState, writer: CompletionWriter, events: AsyncGenerator[bytes, None],
+                  on_close: Callable[[], Awaitable[None]]) -> EventStreamResponse:
+    return EventStreamResponse(events, ping_seconds=relay.settings.sse_ping_seconds,
+                               write_timeout=relay.settings.client_write_timeout_seconds,
+                               on_close=on_close, headers={"x-request-id": writer.id})
 
 
 def _refuse(relay: RelayState, error: APIError, model: str, stream: bool, started: float,

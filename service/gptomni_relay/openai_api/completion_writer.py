@@ -17,6 +17,7 @@ from pydantic_core import to_json
 
 from gptomni_relay.core.errors import UpstreamFailed
 from gptomni_relay.core.failover import UpstreamAnswer, WholeAnswer
+from gptomni_relay.core.shaping import FinishReason, ShapedAnswer, TextCutter
 from gptomni_relay.core.usage import TokenUsage
 from gptomni_relay.metrics import RelayMetrics
 from gptomni_relay.openai_api.errors import error_for
@@ -29,6 +30,10 @@ from gptomni_relay.openai_api.schemas import (
     Choice,
     ChunkChoice,
     Delta,
+    FunctionCall,
+    FunctionCallDelta,
+    ToolCallDelta,
+    ToolCallOut,
     Usage,
 )
 
@@ -65,30 +70,49 @@ class CompletionWriter:
         # Told the tokens of the answer, for the key's budget (openai_api/admission.py).
         self.on_usage: Callable[[int], None] = lambda tokens: None
 
-    def _chunk_event(self, delta: Delta | None = None, usage: Usage | None = None) -> bytes:
+    def _chunk_event(self, delta: Delta | None = None, usage: Usage | None = None,
+                     finish_reason: FinishReason = "stop") -> bytes:
         """A chunk with one choice carrying `delta`; with no delta, the closing chunk; with
         `usage`, the usage chunk. Like OpenAI, chunks carry the `usage` field (null until the
         last) only when the client asked for usage in `stream_options`."""
-        choices = [] if usage else [ChunkChoice(delta=delta or Delta(), finish_reason=None if delta else "stop")]
+        choices = [] if usage else [ChunkChoice(delta=delta or Delta(), finish_reason=None if delta else finish_reason)]
         chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self._body.model, choices=choices, usage=usage)
         return sse_event(chunk, exclude=None if self._include_usage else {"usage"})
 
-    async def sse_events(self, answer: UpstreamAnswer) -> AsyncGenerator[bytes, None]:
+    def _stream_end(self, finish_reason: FinishReason, completion_tokens: int) -> StreamEnd:
+        closing = [self._chunk_event(finish_reason=finish_reason)]
+        usage = self._account(completion_tokens)
+        if self._include_usage:
+            closing.append(self._chunk_event(usage=usage))
+        closing.append(sse_data(b"[DONE]"))
+        return StreamEnd(b"".join(closing))
+
+    async def sse_events(self, answer: UpstreamAnswer, cutter: TextCutter | None = None) -> AsyncGenerator[bytes, None]:
+        """The answer as it arrives; with a `cutter`, only what its stops and token limit let
+        through, and GPT-Omni is no longer read once it has cut the answer."""
         self._metrics.active_streams.inc()
         status = "200"
         try:
             pieces = answer.pieces()
-            first = await anext(pieces)
-            yield self._chunk_event(Delta(role="assistant", content=first))
-            template = ContentChunkTemplate(self._chunk_event)
-            async for piece in pieces:
-                yield template.event(piece)
-            closing = [self._chunk_event()]
-            usage = self._account(answer.completion.tokens)
-            if self._include_usage:
-                closing.append(self._chunk_event(usage=usage))
-            closing.append(sse_data(b"[DONE]"))
-            yield StreamEnd(b"".join(closing))
+            if cutter is None:
+                first = await anext(pieces)
+                yield self._chunk_event(Delta(role="assistant", content=first))
+                template = ContentChunkTemplate(self._chunk_event)
+                async for piece in pieces:
+                    yield template.event(piece)
+                yield self._stream_end("stop", answer.completion.tokens)
+            else:
+                yield self._chunk_event(Delta(role="assistant", content=""))
+                template = ContentChunkTemplate(self._chunk_event)
+                async for piece in pieces:
+                    if text := cutter.feed(piece):
+                        yield template.event(text)
+                    if cutter.done:
+                        break
+                await pieces.aclose()
+                if text := cutter.finish():
+                    yield template.event(text)
+                yield self._stream_end(cutter.finish_reason or "stop", cutter.meter.tokens)
         except UpstreamFailed as exc:
             error = error_for(exc)
             status = str(error.status)
@@ -106,13 +130,37 @@ class CompletionWriter:
             self._metrics.active_streams.dec()
             self.finish(status, answer.credential_id)
 
+    async def shaped_sse_events(self, shaped: ShapedAnswer, credential_id: str) -> AsyncGenerator[bytes, None]:
+        """A whole answer already shaped (tool calls, JSON), sent as the chunks an SDK
+        assembles: the role, the text or each tool call (id and name, then its arguments),
+        the finish."""
+        status = CLIENT_GONE
+        try:
+            yield self._chunk_event(Delta(role="assistant", content=shaped.content))
+            for index, call in enumerate(shaped.tool_calls):
+                yield self._chunk_event(Delta(tool_calls=[ToolCallDelta(
+                    index=index, id=call.id, type="function", function=FunctionCallDelta(name=call.name, arguments=""))]))
+                yield self._chunk_event(Delta(tool_calls=[ToolCallDelta(
+                    index=index, function=FunctionCallDelta(arguments=call.arguments))]))
+            yield self._stream_end(shaped.finish_reason, shaped.completion_tokens)
+            status = "200"
+        finally:
+            self.finish(status, credential_id)
+
     def json_response(self, answer: WholeAnswer) -> JSONResponse:
+        return self.shaped_json_response(ShapedAnswer(answer.text, (), "stop", answer.completion_tokens),
+                                         answer.credential_id)
+
+    def shaped_json_response(self, shaped: ShapedAnswer, credential_id: str) -> JSONResponse:
+        tool_calls = [ToolCallOut(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
+                      for call in shaped.tool_calls]
         completion = ChatCompletion(
             id=self.id, created=self.created, model=self._body.model,
-            choices=[Choice(message=AssistantMessage(content=answer.text))],
-            usage=self._account(answer.completion_tokens),
+            choices=[Choice(message=AssistantMessage(content=shaped.content, tool_calls=tool_calls or None),
+                            finish_reason=shaped.finish_reason)],
+            usage=self._account(shaped.completion_tokens),
         )
-        self.finish("200", answer.credential_id)
+        self.finish("200", credential_id)
         return JSONResponse(completion.model_dump(), headers={"x-request-id": self.id})
 
     def _account(self, completion_tokens: int) -> Usage:
@@ -129,6 +177,11 @@ class CompletionWriter:
         await answer.aclose()
         if not self._finished:
             self.finish(CLIENT_GONE, answer.credential_id)
+
+    async def close_shaped_stream(self, credential_id: str) -> None:
+        """`close_stream` for a stream of a whole answer: counted even if it never started."""
+        if not self._finished:
+            self.finish(CLIENT_GONE, credential_id)
 
     def finish(self, status: str, credential_id: str | None) -> None:
         """The request's end, whichever way it ended: its metrics and its log line."""

@@ -21,6 +21,7 @@ from gptomni_relay.core.errors import (
     BadConversation,
     NoCredentials,
     RelayError,
+    UnusableAnswer,
     UpstreamFailed,
     UpstreamTimedOut,
 )
@@ -104,6 +105,8 @@ def error_for(exc: RelayError) -> APIError:
         return APIError(504, f"GPT-Omni timed out: {exc}.", code="upstream_timeout")
     if isinstance(exc, AnswerTooLarge):
         return APIError(502, f"GPT-Omni's answer is too large: {exc}.", code="upstream_answer_too_large")
+    if isinstance(exc, UnusableAnswer):
+        return APIError(502, f"GPT-Omni's answer could not be used: {exc}.", code=exc.code)
     if isinstance(exc, UpstreamFailed):
         return APIError(502, f"GPT-Omni failed: {exc}.", code="upstream_error")
     return APIError(503, str(exc), code="no_credentials")  # any other reason the pool cannot serve

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from gptomni_relay.core.conversation import NonText, Turn
+from gptomni_relay.core.shaping import AnswerShape
 from gptomni_relay.openai_api.errors import APIError, bad_request
 from gptomni_relay.openai_api.schemas import ChatCompletionRequest, ChatMessage, TextPart
 
@@ -72,16 +73,49 @@ def parse_request(raw: bytes, models: list[str]) -> ChatCompletionRequest:
         worst = max(errors, key=lambda error: len(error["loc"]))
         param = param_name(tuple(worst["loc"]), data, missing=worst["type"] == "missing")
         raise bad_request(f"Invalid value for '{param or 'body'}': {worst['msg']}.", param=param) from None
-    if request.n is not None and request.n > 1:
-        raise bad_request("Only n=1 is supported: GPT-Omni returns one answer per prompt.", param="n")
-    if request.tools:
-        raise bad_request("Tool calling is not supported by GPT-Omni's web chat.", param="tools")
-    if request.functions:
-        raise bad_request("Function calling is not supported by GPT-Omni's web chat.", param="functions")
+    refuse_unsupported(request)
     if request.model not in models:
         raise APIError(404, f"The model '{request.model}' does not exist. Available: {', '.join(models)}.",
                        param="model", code="model_not_found")
     return request
+
+
+def refuse_unsupported(request: ChatCompletionRequest) -> None:
+    """A 400 naming the first param whose meaning the relay cannot honour: a 200 without
+    what the client asked for would look like success."""
+    if request.n is not None and request.n > 1:
+        raise bad_request("Only n=1 is supported: GPT-Omni returns one answer per prompt.", param="n")
+    if request.logit_bias:
+        raise bad_request("logit_bias is not supported: GPT-Omni's web chat exposes no token probabilities.",
+                          param="logit_bias")
+    if request.logprobs:
+        raise bad_request("logprobs is not supported: GPT-Omni's web chat exposes no token probabilities.",
+                          param="logprobs")
+    if request.top_logprobs:
+        raise bad_request("top_logprobs is not supported: GPT-Omni's web chat exposes no token probabilities.",
+                          param="top_logprobs")
+    if request.modalities is not None and set(request.modalities) - {"text"}:
+        raise bad_request("Only the text modality is supported: GPT-Omni's web chat answers text only.",
+                          param="modalities")
+    if request.audio is not None:
+        raise bad_request("Audio output is not supported: GPT-Omni's web chat answers text only.", param="audio")
+    if request.web_search_options is not None:
+        raise bad_request("Web search is not supported by GPT-Omni's web chat.", param="web_search_options")
+    if request.functions or request.function_call is not None:
+        param = "functions" if request.functions else "function_call"
+        raise bad_request("The legacy functions / function_call parameters are not supported: use tools and "
+                          "tool_choice instead.", param=param)
+    if request.tools:
+        raise bad_request("Tool calling is not supported by GPT-Omni's web chat.", param="tools")
+    if request.response_format is not None and request.response_format.type != "text":
+        raise bad_request("JSON output is not supported yet.", param="response_format")
+
+
+def answer_shape(request: ChatCompletionRequest) -> AnswerShape:
+    stop = request.stop
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    limits = [limit for limit in (request.max_tokens, request.max_completion_tokens) if limit is not None]
+    return AnswerShape(stops=stops, max_tokens=min(limits) if limits else None)
 
 
 def _turn(message: ChatMessage) -> Turn:

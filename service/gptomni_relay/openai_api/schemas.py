@@ -31,12 +31,77 @@ class OtherPart(BaseModel):
 ContentPart = Annotated[TextPart | OtherPart, Field(union_mode="left_to_right")]
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    arguments: str
+
+
+class MessageToolCall(BaseModel):
+    """A tool call in an assistant message of the history (one the relay answered before)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(BaseModel):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(BaseModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")]
 
 
 class StreamOptions(BaseModel):
@@ -45,22 +110,51 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """Sampling parameters (temperature, top_p, max_tokens, stop, seed, ...) are accepted and
-    ignored: the web chat has no knobs for them. Unknown fields are ignored likewise."""
+    """What chat completions honours (docs/prompt-format.md): `stop`, `max_tokens` /
+    `max_completion_tokens`, function `tools` with `tool_choice` and `parallel_tool_calls`,
+    `response_format`. Sampling knobs the web chat lacks (temperature, top_p, seed,
+    penalties, ...) and bookkeeping fields (user, store, metadata) are accepted and ignored:
+    ignoring them cannot change what the answer is. What would (logprobs, logit_bias, n > 1,
+    audio) is refused by request_reading.refuse_unsupported. Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1)
-    tools: list[Any] | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     functions: list[Any] | None = None
+    function_call: Any = None
+    logit_bias: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    modalities: list[str] | None = None
+    audio: Any = None
+    web_search_options: Any = None
     user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return stop
 
 
 # --- responses -------------------------------------------------------------------
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
 
 
 class Usage(BaseModel):
@@ -69,16 +163,26 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = Field(None, exclude_if=_is_none)
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"] = "stop"
+    finish_reason: FinishReason = "stop"
     logprobs: None = None
 
 
@@ -92,8 +196,19 @@ class ChatCompletion(BaseModel):
     system_fingerprint: None = None
 
 
-def _is_none(value: object) -> bool:
-    return value is None
+class FunctionCallDelta(BaseModel):
+    name: str | None = Field(None, exclude_if=_is_none)
+    arguments: str
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed tool call: the first delta of call `index` carries its id, type and name;
+    the SDKs join the `arguments` of every delta with that index."""
+
+    index: int
+    id: str | None = Field(None, exclude_if=_is_none)
+    type: Literal["function"] | None = Field(None, exclude_if=_is_none)
+    function: FunctionCallDelta
 
 
 class Delta(BaseModel):
@@ -101,12 +216,13 @@ class Delta(BaseModel):
 
     role: Literal["assistant"] | None = Field(None, exclude_if=_is_none)
     content: str | None = Field(None, exclude_if=_is_none)
+    tool_calls: list[ToolCallDelta] | None = Field(None, exclude_if=_is_none)
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
     logprobs: None = None
 
 
