@@ -310,11 +310,30 @@ def test_operator_rbac_is_least_privilege() -> None:
     assert ("", "pods") not in verbs
     namespaced = render(VARIANTS["namespaced-operator"])
     assert {r["metadata"]["namespace"] for r in by_kind(namespaced, "Role")} == {"team-a", "team-b"}
-    assert [r["metadata"]["name"] for r in by_kind(namespaced, "ClusterRole")] == ["gptomni-operator-discovery"]
+    running = [r for r in by_kind(namespaced, "ClusterRole") if "helm.sh/hook" not in r["metadata"].get("annotations", {})]
+    assert [r["metadata"]["name"] for r in running] == ["gptomni-operator-discovery"]
     deployment = one(namespaced, "Deployment", "gptomni-operator")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_uninstall_hook_releases_the_finalizer_after_the_operator_is_gone() -> None:
+    documents = render(VARIANTS["namespaced-operator"])
+    hooks = [d for d in documents if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "post-delete"]
+    assert sorted(d["kind"] for d in hooks) == ["ClusterRole", "ClusterRoleBinding", "Job", "ServiceAccount"]
+    assert "NetworkPolicy" in {d["kind"] for d in render({"networkPolicy": {"enabled": True}})
+                               if d["metadata"]["name"] == "gptomni-operator-uninstall"}
+    [role] = by_kind(hooks, "ClusterRole")
+    assert {(rule["resources"][0], tuple(rule["verbs"])) for rule in role["rules"]} == {
+        ("gptomnicredentials", ("list", "patch")), ("pods", ("list",))}
+    [job] = by_kind(hooks, "Job")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["gptomni-operator", "--release-finalizers"]
+    assert "--namespace=team-a" in container["args"]
+    assert any(arg.startswith("--after-pods-gone=llm/") and "app.kubernetes.io/component=operator" in arg
+               for arg in container["args"])
+    assert not [d for d in render({"operator": {"enabled": False}}) if "uninstall" in d["metadata"]["name"]]
 
 
 def test_metrics_are_scraped_from_the_metrics_ports_never_through_the_api_service() -> None:

@@ -19,6 +19,7 @@ from gptomni_operator.key_handlers import register_api_keys
 from gptomni_operator.memo import CredentialMemo
 from gptomni_operator.settings import OperatorSettings
 from gptomni_operator.state import OperatorState
+from gptomni_operator.uninstall import release_finalizers
 
 # kopf logs each run of a handler at INFO. These two run on every event of every Secret
 # and credential it watches, replays included: a line each would drown the log.
@@ -56,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, help="Prometheus metrics port (0: off)")
     parser.add_argument("--peering", help="kopf peering name: one active operator among replicas")
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
+    parser.add_argument("--release-finalizers", action="store_true",
+                        help="take the operator's finalizer off every watched credential and exit "
+                             "(the chart's post-delete hook: nothing hangs once the operator is gone)")
+    parser.add_argument("--after-pods-gone", metavar="NAMESPACE/SELECTOR",
+                        help="with --release-finalizers: first wait until no pod matches (the operator's)")
     add_help_and_version(parser, OperatorSettings)
     return parser.parse_args(argv)
 
@@ -80,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gptomni-operator: {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, "json")
+    if args.release_finalizers:
+        pods = tuple(args.after_pods_gone.split("/", 1)) if args.after_pods_gone else None
+        released = asyncio.run(release_finalizers(settings.namespaces, pods))  # type: ignore[arg-type]
+        logging.getLogger("gptomni_operator").info("finalizers released", extra={"credentials": released})
+        return 0
     logging.getLogger("kopf.objects").addFilter(quiet_routine_handlers)
     registry = kopf.OperatorRegistry()
     state = OperatorState(settings)
