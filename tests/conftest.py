@@ -70,3 +70,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[Any]:
+    """The cluster tier's single-node Kubernetes, one per session (tests/real_cluster.py)."""
+    from tests.real_cluster import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster

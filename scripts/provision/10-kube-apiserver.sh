@@ -14,9 +14,8 @@
 # Idempotent: rebuilds only when a binary is missing or the recipe (RECIPE_VERSION)
 # changes. See ../shared/notes/real-apiserver.md for how this recipe was verified.
 set -euo pipefail
+source "$(dirname "$0")/lib/kubernetes-source.sh"
 
-KUBE_VERSION=v1.20.2
-SOURCE_PACKAGE=kubernetes/bookworm
 # Bump when the recipe below changes: the cached binaries are then rebuilt.
 RECIPE_VERSION=1
 CACHE_DIR=${GPTOMNI_KUBE_CACHE:-/var/cache/gptomni/kube-apiserver-$KUBE_VERSION}
@@ -40,20 +39,8 @@ for package in "${BUILD_PACKAGES[@]}"; do
     dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 
-# apt-get source needs a deb-src entry for bookworm main, on the machine's own mirror.
-sources=/etc/apt/sources.list.d/gptomni-deb-src.sources
-if [ ! -e "$sources" ]; then
-    mirror="$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)"
-    cat >"$sources" <<EOF
-# Added by gptomni scripts/provision/10-kube-apiserver.sh (apt-get source kubernetes).
-Types: deb-src
-URIs: ${mirror:-http://deb.debian.org/debian}
-Suites: bookworm
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-fi
-apt-get "${apt_options[@]}" update -qq
+ensure_deb_src
+apt_update
 if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get "${apt_options[@]}" install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
@@ -67,34 +54,12 @@ chmod 755 "$work" && chown _apt "$work" 2>/dev/null || true
 cd "$work"
 
 started=$SECONDS
-apt-get "${apt_options[@]}" source -qq --download-only "$SOURCE_PACKAGE" >/dev/null
-apt-get "${apt_options[@]}" download -qq etcd-server golang-github-modern-go-reflect2-dev >/dev/null
-dpkg-source --no-check -x kubernetes_*.dsc src >/dev/null
-for deb in etcd-server_*.deb golang-github-modern-go-reflect2-dev_*.deb; do dpkg-deb -x "$deb" unpacked; done
+unpack_kubernetes_source
+apt-get "${apt_options[@]}" download -qq etcd-server >/dev/null
+dpkg-deb -x etcd-server_*.deb unpacked
 echo "10-kube-apiserver: sources ready ($((SECONDS - started)) s)" >&2
-
-# The required fix: reflect2 v1.0.2 over the vendored v1.0.1.
-# The two versions split their files differently: replace the whole package.
-reflect2=unpacked/usr/share/gocode/src/github.com/modern-go/reflect2
-rm -f src/vendor/github.com/modern-go/reflect2/*.go src/vendor/github.com/modern-go/reflect2/*.s
-cp "$reflect2"/*.go "$reflect2"/*.s src/vendor/github.com/modern-go/reflect2/
-rm -f src/vendor/github.com/modern-go/reflect2/*_test.go
-
-# Offline build: the tarball has no .git, so the version comes from a file.
-cat >version.env <<EOF
-KUBE_GIT_VERSION='$KUBE_VERSION'
-KUBE_GIT_MAJOR='1'
-KUBE_GIT_MINOR='20'
-KUBE_GIT_COMMIT='0000000000000000000000000000000000000000'
-KUBE_GIT_TREE_STATE='clean'
-EOF
 started=$SECONDS
-(
-    cd src
-    export GOPROXY=off GOFLAGS= GOCACHE="$work/gocache" GOPATH="$work/gopath"
-    export KUBE_GIT_VERSION_FILE="$work/version.env"
-    make WHAT=cmd/kube-apiserver GOLDFLAGS='-s -w' >"$work/build.log" 2>&1
-) || { tail -n 30 "$work/build.log" >&2; exit 1; }
+make_kubernetes cmd/kube-apiserver
 echo "10-kube-apiserver: kube-apiserver built ($((SECONDS - started)) s)" >&2
 
 mkdir -p "$CACHE_DIR/bin"
