@@ -42,6 +42,10 @@ CHALLENGE_PAGE = """<!DOCTYPE html><html lang="en-US"><head><title>Just a moment
 <script>window._cf_chl_opt={cType:'managed'};</script></div></body></html>"""
 
 _WORDS = re.compile(r"\S+\s*")
+# A deterministic cue for shaped answers (JSON, tool calls, their messy forms): the n-th
+# request whose prompt carries `[[simulate: A ||| B ||| ...]]` is answered with the n-th
+# text (the last one repeats), so a test can script an invalid answer, then a valid one.
+_CUE = re.compile(r"\[\[simulate:(.*?)\]\]", re.S)
 
 
 class SimulatedCut(Exception):
@@ -101,6 +105,16 @@ class SimulatorState:
     completed: int = 0
     unfinished: int = 0
     landing_hits: int = 0
+    cue_uses: Counter[str] = field(default_factory=Counter)
+
+    def cued_answer(self, prompt: str) -> str | None:
+        cues = _CUE.findall(prompt)
+        if not cues:
+            return None
+        answers = [answer.strip() for answer in cues[-1].split("|||")]
+        used = self.cue_uses[cues[-1]]
+        self.cue_uses[cues[-1]] += 1
+        return answers[min(used, len(answers) - 1)]
 
     def behaviour_for(self, session: str) -> Behaviour:
         draw = self.rng.random() if self.faults else 1.0
@@ -180,7 +194,9 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
         if behaviour.raw_body is not None:
             encoding = {"content-encoding": behaviour.content_encoding} if behaviour.content_encoding else {}
             return Response(behaviour.raw_body, headers={"content-type": behaviour.content_type, **encoding})
-        answer = behaviour.answer if behaviour.answer is not None else default_answer(prompt, behaviour.answer_words)
+        answer = behaviour.answer if behaviour.answer is not None else state.cued_answer(prompt)
+        if answer is None:
+            answer = default_answer(prompt, behaviour.answer_words)
         return StreamingResponse(_stream(answer, behaviour, arrived, session),
                                  headers={"content-type": behaviour.content_type})
 

@@ -11,9 +11,17 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from gptomni_relay.core.conversation import NonText, Turn
-from gptomni_relay.core.shaping import AnswerShape
+from gptomni_relay.core.shaping import AnswerShape, JsonFormat
+from gptomni_relay.core.shaping.schemas import schema_problem
 from gptomni_relay.openai_api.errors import APIError, bad_request
-from gptomni_relay.openai_api.schemas import ChatCompletionRequest, ChatMessage, TextPart
+from gptomni_relay.openai_api.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    JsonObjectFormat,
+    JsonSchemaResponseFormat,
+    ResponseFormat,
+    TextPart,
+)
 
 
 def _too_large(limit: int) -> APIError:
@@ -107,15 +115,28 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
                           "tool_choice instead.", param=param)
     if request.tools:
         raise bad_request("Tool calling is not supported by GPT-Omni's web chat.", param="tools")
-    if request.response_format is not None and request.response_format.type != "text":
-        raise bad_request("JSON output is not supported yet.", param="response_format")
+    response_format = request.response_format
+    if isinstance(response_format, JsonSchemaResponseFormat) and response_format.json_schema.schema_ is not None:
+        if problem := schema_problem(response_format.json_schema.schema_):
+            raise bad_request(f"Invalid JSON schema: {problem}.", param="response_format.json_schema.schema")
 
 
 def answer_shape(request: ChatCompletionRequest) -> AnswerShape:
     stop = request.stop
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     limits = [limit for limit in (request.max_tokens, request.max_completion_tokens) if limit is not None]
-    return AnswerShape(stops=stops, max_tokens=min(limits) if limits else None)
+    return AnswerShape(stops=stops, max_tokens=min(limits) if limits else None,
+                       json_format=_json_format(request.response_format))
+
+
+def _json_format(response_format: ResponseFormat | None) -> JsonFormat | None:
+    if isinstance(response_format, JsonObjectFormat):
+        return JsonFormat()
+    if isinstance(response_format, JsonSchemaResponseFormat):
+        spec = response_format.json_schema
+        return JsonFormat(schema=spec.schema_ if spec.schema_ is not None else {}, name=spec.name,
+                          description=spec.description)
+    return None
 
 
 def _turn(message: ChatMessage) -> Turn:

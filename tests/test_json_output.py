@@ -1,0 +1,76 @@
+"""response_format json_object / json_schema through the OpenAI SDK against a real relay:
+GPT-Omni's JSON is taken from prose and code fences, checked against the schema, asked
+again on the attempt budget when unusable, and never passed on as prose with a 200."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from tests.harness import Harness
+
+
+class Weather(BaseModel):
+    city: str
+    celsius: int
+
+
+def ask(cue: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Weather in Paris as JSON. [[simulate: {cue}]]"}]
+
+
+FENCED = 'Sure! Here it is:\n```json\n{"city": "Paris", "celsius": 21}\n```\nAnything else?'
+
+
+def test_parse_with_a_pydantic_model_takes_the_json_out_of_prose(relay: Harness) -> None:
+    completion = relay.client().chat.completions.parse(model="gptomni", messages=ask(FENCED), response_format=Weather)
+    assert completion.choices[0].message.parsed == Weather(city="Paris", celsius=21)
+    assert completion.choices[0].finish_reason == "stop"
+    prompt = relay.sim.received[-1].prompt
+    assert "matches this JSON schema" in prompt and '"celsius"' in prompt
+
+
+def test_json_object_streamed_and_not(relay: Harness) -> None:
+    client = relay.client()
+    bare = 'The answer is {"a": [1, 2]} as asked.'
+    completion = client.chat.completions.create(model="gptomni", messages=ask(bare),
+                                                response_format={"type": "json_object"})
+    assert json.loads(completion.choices[0].message.content or "") == {"a": [1, 2]}
+    chunks = list(client.chat.completions.create(model="gptomni", messages=ask(bare), stream=True,
+                                                 response_format={"type": "json_object"}))
+    assert json.loads("".join(c.choices[0].delta.content or "" for c in chunks)) == {"a": [1, 2]}
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_an_answer_off_the_schema_is_asked_again(relay: Harness) -> None:
+    cue = 'No JSON today, sorry. ||| {"city": "Paris", "celsius": "warm"} ||| {"city": "Paris", "celsius": 21}'
+    completion = relay.client().chat.completions.parse(model="gptomni", messages=ask(cue), response_format=Weather)
+    assert completion.choices[0].message.parsed == Weather(city="Paris", celsius=21)
+    assert len(relay.sim.received) == 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_no_usable_json_within_the_attempts_is_a_502_never_prose(relay: Harness, stream: bool) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        relay.client().chat.completions.create(model="gptomni", messages=ask("I would rather chat."), stream=stream,
+                                               response_format={"type": "json_object"})
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "invalid_json_output"
+    assert len(relay.sim.received) == 3  # GPTOMNI_MAX_ATTEMPTS
+
+
+def test_an_invalid_schema_is_a_400_naming_it(relay: Harness) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        relay.client().chat.completions.create(
+            model="gptomni", messages=ask("{}"),
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})
+    assert caught.value.body["param"] == "response_format.json_schema.schema"
+
+
+def test_a_length_cut_is_passed_on_as_length(relay: Harness) -> None:
+    with pytest.raises(openai.LengthFinishReasonError):
+        relay.client().chat.completions.parse(model="gptomni", messages=ask(FENCED), response_format=Weather,
+                                              max_tokens=3)
