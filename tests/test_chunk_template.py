@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gptomni_relay.openai_api.completion_writer import ContentChunkTemplate
+from gptomni_relay.openai_api.answer_writer import PieceTemplate
 from gptomni_relay.openai_api.event_stream import sse_data
 from gptomni_relay.openai_api.schemas import ChatCompletionChunk, ChunkChoice, Delta
 
@@ -17,6 +17,6 @@ def test_template_matches_a_full_dump_for_awkward_pieces(exclude: set[str] | Non
         chunk = ChatCompletionChunk(id="chatcmpl-x", created=1, model="gptomni", choices=[ChunkChoice(delta=delta)])
         return sse_data(chunk.model_dump_json(exclude=exclude).encode())
 
-    template = ContentChunkTemplate(event_for)
+    template = PieceTemplate(lambda text: event_for(Delta(content=text)))
     for piece in PIECES:
         assert template.event(piece) == event_for(Delta(content=piece))

@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.types import Receive, Scope, Send
 
 from gptomni_relay import __version__
-from gptomni_relay.openai_api import chat_route, models_route
+from gptomni_relay.openai_api import chat_route, completions_route, models_route
 from gptomni_relay.openai_api.admission import KeyAdmissionMiddleware
 from gptomni_relay.openai_api.errors import install_error_handlers
 from gptomni_relay.openai_api.event_stream import SERVER_SEND_SCOPE_KEY
@@ -64,7 +65,20 @@ def create_app(settings: RelaySettings | None = None, tracer_provider: TracerPro
     app.state.relay = relay
     install_error_handlers(app)
     app.add_middleware(KeyAdmissionMiddleware)
-    app.router.routes.extend([chat_route.route, *models_route.routes, *probe_routes])
+    if settings.cors_origins:
+        # Outermost but for tracing: preflights are answered before authentication (a
+        # browser sends them without the Authorization header), and every answer, errors
+        # included, carries the CORS headers the browser needs to read it.
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           # Whatever the preflight asks for (authorization, the SDKs' x-stainless-*):
+                           # the origin is what is restricted, and no cookie is ever accepted.
+                           allow_headers=["*"],
+                           expose_headers=["x-request-id", "retry-after", "x-ratelimit-limit-requests",
+                                           "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+                                           "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                                           "x-ratelimit-reset-tokens"],
+                           max_age=600)
+    app.router.routes.extend([chat_route.route, completions_route.route, *models_route.routes, *probe_routes])
 
     if provider is not None:
         FastAPIInstrumentor.instrument_app(

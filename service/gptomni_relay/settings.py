@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gptomni_common.pool_file import check_cookie_value
-from gptomni_common.setting_types import BaseUrl, CommaList, LogLevel
+from gptomni_common.setting_types import BaseUrl, CommaList, LogLevel, split_comma_list
 from gptomni_relay.file_watch import read_bounded
 from gptomni_relay.http_guard import HttpLimits
 
@@ -24,6 +24,23 @@ MAX_PASSWORD_FILE_BYTES = 64 * 1024
 def parse_api_keys(text: str) -> list[str]:
     """A key file: one key per line, or comma separated."""
     return [key.strip() for key in text.replace(",", "\n").splitlines() if key.strip()]
+
+
+def _alias_pairs(value: object) -> object:
+    """`"gpt-4o=gptomni, gpt-4o-mini=gptomni"` -> `{"gpt-4o": "gptomni", ...}`."""
+    items = split_comma_list(value)
+    if not isinstance(items, list):
+        return items
+    pairs: dict[str, str] = {}
+    for item in items:
+        alias, equals, model = (part.strip() for part in str(item).partition("="))
+        if not equals or not alias or not model:
+            raise ValueError(f"'{item}' is not of the form alias=model")
+        pairs[alias] = model
+    return pairs
+
+
+ModelAliases = Annotated[dict[str, str], NoDecode, BeforeValidator(_alias_pairs)]
 
 
 def _header_safe(cookies: list[str]) -> list[str]:
@@ -53,6 +70,12 @@ class RelaySettings(BaseSettings):
     # the pool file; docs/api-keys.md.
     api_key_set_file: Path | None = None
     models: CommaList = Field(default_factory=lambda: ["gptomni"])
+    # Other names clients may use for a model (`gpt-4o=gptomni`): clients and tools that
+    # hard-code OpenAI's model names work unchanged. Listed in /v1/models; the answer's
+    # `model` is the name the client sent, as OpenAI echoes the requested model.
+    model_aliases: ModelAliases = Field(default_factory=dict)
+    # Browser origins allowed to call the API (CORS); none by default. `*` allows any.
+    cors_origins: CommaList = Field(default_factory=list)
 
     # The seed's form: a JSON list of cookie strings.
     credentials: Annotated[list[str], AfterValidator(_header_safe)] = Field(default_factory=list)
@@ -108,6 +131,24 @@ class RelaySettings(BaseSettings):
 
     log_level: LogLevel = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
+
+    @model_validator(mode="after")
+    def _aliases_name_models(self) -> RelaySettings:
+        for alias, model in self.model_aliases.items():
+            if model not in self.models:
+                raise ValueError(f"GPTOMNI_MODEL_ALIASES: '{alias}' names '{model}', which is not in GPTOMNI_MODELS")
+            if alias in self.models:
+                raise ValueError(f"GPTOMNI_MODEL_ALIASES: '{alias}' is already a model id")
+        return self
+
+    def model_id(self, name: str) -> str | None:
+        """The configured model id a client's model name stands for (itself, or an alias's), or None."""
+        return name if name in self.models else self.model_aliases.get(name)
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every name a client may ask for: the model ids, then the aliases."""
+        return [*self.models, *self.model_aliases]
 
     def http_limits(self) -> HttpLimits:
         return HttpLimits(self.max_header_bytes, self.max_header_count, self.max_body_bytes,

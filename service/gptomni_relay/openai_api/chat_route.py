@@ -1,103 +1,37 @@
-"""POST /v1/chat/completions: authenticate, read the request, fold the conversation, get
-an answer (core/failover.py decides every retry) and render it.
-
-Every outcome is counted in `gptomni_requests_total`, refusals included (a wrong key, a
-bad body, an internal error): key guessing and bugs must show on the dashboard. The
-`model` label takes only configured model ids, so clients cannot grow its cardinality.
-"""
+"""POST /v1/chat/completions: the chat surface's reader and writer for the steps every
+answering route shares (answering.py)."""
 
 from __future__ import annotations
-
-import logging
-import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gptomni_relay.core.conversation import fold_conversation
-from gptomni_relay.core.errors import RelayError
-from gptomni_relay.core.shaping import TextCutter, instructions, interpret
-from gptomni_relay.core.usage import estimate_tokens
-from gptomni_relay.metrics import UNKNOWN_MODEL
-from gptomni_relay.openai_api.admission import admit, token_counter
-from gptomni_relay.openai_api.auth import require_api_key
-from gptomni_relay.openai_api.completion_writer import CLIENT_GONE, CompletionWriter
-from gptomni_relay.openai_api.errors import APIError, error_for
-from gptomni_relay.openai_api.event_stream import EventStreamResponse
-from gptomni_relay.openai_api.hang_up import HangUpWatch
-from gptomni_relay.openai_api.request_reading import answer_shape, conversation, parse_request, read_limited_body
-from gptomni_relay.state import RelayState
+from gptomni_relay.metrics import RelayMetrics
+from gptomni_relay.openai_api.answering import Asked, answer
+from gptomni_relay.openai_api.completion_writer import CompletionWriter
+from gptomni_relay.openai_api.request_reading import answer_shape, conversation, parse_request
+from gptomni_relay.settings import RelaySettings
 
-log = logging.getLogger(__name__)
+
+class ChatSurface:
+    log_message = "chat completion finished"
+    conversation_param = "messages"
+
+    def read(self, raw: bytes, settings: RelaySettings) -> Asked:
+        body = parse_request(raw, settings)
+        return Asked(settings.model_id(body.model), bool(body.stream), answer_shape(body), conversation(body), body)
+
+    def writer(self, metrics: RelayMetrics, asked: Asked, prompt_tokens: int, started: float,
+               api_key: str) -> CompletionWriter:
+        return CompletionWriter(metrics, asked.body, prompt_tokens, started, api_key, asked.model)
+
+
+_SURFACE = ChatSurface()
 
 
 async def chat_completions(request: Request) -> Response:
-    relay: RelayState = request.app.state.relay
-    started = time.monotonic()
-    model, stream, key_name = UNKNOWN_MODEL, False, None
-    try:
-        key_name = require_api_key(request)
-        body = parse_request(await read_limited_body(request, relay.settings.max_body_bytes), relay.settings.models)
-        model, stream = body.model, bool(body.stream)
-        await admit(request, model)
-        shape = answer_shape(body)
-        prompt = fold_conversation(conversation(body), instructions(shape))
-        writer = CompletionWriter(relay.metrics, body, estimate_tokens(prompt), started, key_name)
-        writer.on_usage = token_counter(request)
-        failover = relay.answers.failover(prompt)
-        # The answer goes out as it arrives unless it must be whole first: not streamed, or
-        # a tool call / JSON document that is known good only at its end.
-        streams_pieces = stream and not shape.needs_whole_answer
-        # Waiting for a slot, every attempt and the failover between them stop at once
-        # when the client hangs up (the watch cancels this task), freeing the slot.
-        async with HangUpWatch(request.receive) as watch:
-            if streams_pieces:
-                answer = await failover.open()
-                first_piece_at = answer.first_piece_at
-            elif shape.is_plain:
-                whole = await failover.whole()
-                first_piece_at = whole.first_piece_at
-            else:
-                whole, shaped = await failover.accepted(lambda whole: (whole, interpret(shape, whole.text)))
-                first_piece_at = whole.first_piece_at
-        if watch.hung_up:
-            writer.finish(CLIENT_GONE, None)
-            return Response(status_code=499)  # nobody will read this
-    # Answered inside the except clauses: an error kept past them would hold this frame
-    # through its traceback, a cycle only the garbage collector frees (tests/test_no_cycles.py).
-    except RelayError as exc:
-        return _refuse(relay, error_for(exc), model, stream, started, key_name)
-    except APIError as exc:
-        return _refuse(relay, exc, model, stream, started, key_name)
-    relay.metrics.time_to_first_token.labels(model).observe(first_piece_at - started)
-    if streams_pieces:
-        cutter = None if shape.is_plain else TextCutter(shape.stops, shape.max_tokens)
-        return _event_stream(relay, writer, writer.sse_events(answer, cutter), lambda: writer.close_stream(answer))
-    if shape.is_plain:
-        return writer.json_response(whole)
-    if stream:
-        return _event_stream(relay, writer, writer.shaped_sse_events(shaped, whole.credential_id),
-                             lambda: writer.close_shaped_stream(whole.credential_id))
-    return writer.shaped_json_response(shaped, whole.credential_id)
-
-
-def _event_stream(relay: RelayState, writer: CompletionWriter, events: AsyncGenerator[bytes, None],
-                  on_close: Callable[[], Awaitable[None]]) -> EventStreamResponse:
-    return EventStreamResponse(events, ping_seconds=relay.settings.sse_ping_seconds,
-                               write_timeout=relay.settings.client_write_timeout_seconds,
-                               on_close=on_close, headers={"x-request-id": writer.id})
-
-
-def _refuse(relay: RelayState, error: APIError, model: str, stream: bool, started: float,
-            key_name: str | None) -> Response:
-    duration = time.monotonic() - started
-    relay.metrics.observe_request(model, error.status, stream, duration, key_name)
-    log.info("chat completion finished", extra={
-        "model": model, "stream": stream, "status": error.status, "code": error.code, "api_key": key_name,
-        "duration_ms": round(duration * 1000, 1)})
-    return error.response()
+    return await answer(request, _SURFACE)
 
 
 # A plain Starlette route: the body is read and validated here (size limit first, then

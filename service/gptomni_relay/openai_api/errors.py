@@ -78,18 +78,19 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
-def _conversation_param(exc: BadConversation) -> str | None:
+def _conversation_param(exc: BadConversation, name: str) -> str | None:
     if exc.message_index is None:
-        return "messages"
-    param = f"messages[{exc.message_index}]"
+        return name
+    param = f"{name}[{exc.message_index}]"
     return param if exc.part_index is None else f"{param}.content[{exc.part_index}]"
 
 
-def error_for(exc: RelayError) -> APIError:
-    """The OpenAI error a client sees for a domain error."""
+def error_for(exc: RelayError, conversation_param: str = "messages") -> APIError:
+    """The OpenAI error a client sees for a domain error; `conversation_param` is what the
+    client's surface calls its conversation (`messages`, `input`, `prompt`)."""
     if isinstance(exc, BadConversation):
         code = "unsupported_content" if exc.part_index is not None else "empty_conversation"
-        return APIError(400, exc.message, param=_conversation_param(exc), code=code)
+        return APIError(400, exc.message, param=_conversation_param(exc, conversation_param), code=code)
     if isinstance(exc, AllChallenged):
         return APIError(503, f"GPT-Omni is behind a Cloudflare challenge: {exc}.",
                         code="upstream_challenge", retry_after=exc.retry_after)

@@ -1,4 +1,4 @@
-"""GET /v1/models and /v1/models/{id}: the configured model ids."""
+"""GET /v1/models and /v1/models/{id}: the configured model ids and their aliases."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ _STARTED = int(time.time())
 
 async def list_models(request: Request) -> Response:
     require_api_key(request)
-    models = request.app.state.relay.settings.models
+    models = request.app.state.relay.settings.model_names
     return JSONResponse(ModelList(data=[Model(id=model_id, created=_STARTED) for model_id in models]).model_dump())
 
 
 async def get_model(request: Request) -> Response:
     require_api_key(request)
     model_id = request.path_params["model_id"]
-    if model_id not in request.app.state.relay.settings.models:
+    if request.app.state.relay.settings.model_id(model_id) is None:
         raise APIError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
     return JSONResponse(Model(id=model_id, created=_STARTED).model_dump())
 

@@ -3,11 +3,11 @@ the conversation it carries (as the core's turns)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from gptomni_relay.core.conversation import NonText, Turn
@@ -22,6 +22,9 @@ from gptomni_relay.openai_api.schemas import (
     ResponseFormat,
     TextPart,
 )
+from gptomni_relay.settings import RelaySettings
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def _too_large(limit: int) -> APIError:
@@ -64,7 +67,8 @@ def param_name(loc: tuple[int | str, ...], data: Any, missing: bool) -> str | No
     return out or None
 
 
-def parse_request(raw: bytes, models: list[str]) -> ChatCompletionRequest:
+def validated(raw: bytes, schema: type[Body]) -> Body:
+    """The body as `schema`: a 400 naming the param, the way OpenAI names it, otherwise."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -73,7 +77,7 @@ def parse_request(raw: bytes, models: list[str]) -> ChatCompletionRequest:
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
     try:
-        request = ChatCompletionRequest.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         # Of a union's failed branches, the deepest error says most: a text part without
         # its text, rather than "not a string" for the whole content.
@@ -81,10 +85,21 @@ def parse_request(raw: bytes, models: list[str]) -> ChatCompletionRequest:
         worst = max(errors, key=lambda error: len(error["loc"]))
         param = param_name(tuple(worst["loc"]), data, missing=worst["type"] == "missing")
         raise bad_request(f"Invalid value for '{param or 'body'}': {worst['msg']}.", param=param) from None
-    refuse_unsupported(request)
-    if request.model not in models:
-        raise APIError(404, f"The model '{request.model}' does not exist. Available: {', '.join(models)}.",
+
+
+def model_id(name: str, settings: RelaySettings) -> str:
+    """The configured model id `name` stands for (an id or an alias); 404 otherwise."""
+    model = settings.model_id(name)
+    if model is None:
+        raise APIError(404, f"The model '{name}' does not exist. Available: {', '.join(settings.model_names)}.",
                        param="model", code="model_not_found")
+    return model
+
+
+def parse_request(raw: bytes, settings: RelaySettings) -> ChatCompletionRequest:
+    request = validated(raw, ChatCompletionRequest)
+    refuse_unsupported(request)
+    model_id(request.model, settings)
     return request
 
 
@@ -121,9 +136,12 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
             raise bad_request(f"Invalid JSON schema: {problem}.", param="response_format.json_schema.schema")
 
 
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    return (stop,) if isinstance(stop, str) else tuple(stop or ())
+
+
 def answer_shape(request: ChatCompletionRequest) -> AnswerShape:
-    stop = request.stop
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    stops = stop_strings(request.stop)
     limits = [limit for limit in (request.max_tokens, request.max_completion_tokens) if limit is not None]
     return AnswerShape(stops=stops, max_tokens=min(limits) if limits else None,
                        json_format=_json_format(request.response_format))

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 # --- requests --------------------------------------------------------------------
+
+
+def _at_most_four(stop: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(stop, list) and len(stop) > 4:
+        raise ValueError("at most 4 stop sequences are allowed")
+    return stop
+
+
+# `stop` of chat and legacy completions: one string or up to four.
+StopSequences = Annotated[str | list[str] | None, AfterValidator(_at_most_four)]
 
 
 class TextPart(BaseModel):
@@ -124,7 +134,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    stop: StopSequences = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[FunctionTool] | None = None
@@ -140,13 +150,6 @@ class ChatCompletionRequest(BaseModel):
     audio: Any = None
     web_search_options: Any = None
     user: str | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(stop, list) and len(stop) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return stop
 
 
 # --- responses -------------------------------------------------------------------
