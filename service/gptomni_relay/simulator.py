@@ -46,6 +46,10 @@ _WORDS = re.compile(r"\S+\s*")
 # request whose prompt carries `[[simulate: A ||| B ||| ...]]` is answered with the n-th
 # text (the last one repeats), so a test can script an invalid answer, then a valid one.
 _CUE = re.compile(r"\[\[simulate:(.*?)\]\]", re.S)
+# In a cued answer, `{{tool_result}}` stands for the last tool result the prompt carries
+# (the relay's `Tool result (...): ...` turn), so a two-turn tool conversation shows the
+# result reached the model.
+_TOOL_RESULT = re.compile(r"^Tool result[^:\n]*: (.*?)(?=\n\n(?:System|User|Assistant|Tool result)\b|\Z)", re.S | re.M)
 
 
 class SimulatedCut(Exception):
@@ -114,7 +118,11 @@ class SimulatorState:
         answers = [answer.strip() for answer in cues[-1].split("|||")]
         used = self.cue_uses[cues[-1]]
         self.cue_uses[cues[-1]] += 1
-        return answers[min(used, len(answers) - 1)]
+        answer = answers[min(used, len(answers) - 1)]
+        if "{{tool_result}}" in answer:
+            results = _TOOL_RESULT.findall(prompt)
+            answer = answer.replace("{{tool_result}}", results[-1].strip() if results else "(no tool result)")
+        return answer
 
     def behaviour_for(self, session: str) -> Behaviour:
         draw = self.rng.random() if self.faults else 1.0

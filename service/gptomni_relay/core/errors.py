@@ -3,6 +3,8 @@ OpenAI error in one place (openai_api/errors.py). Messages never carry a cookie.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RelayError(Exception):
     """A request the relay cannot serve. `retry_after` (seconds) when trying later helps."""
@@ -68,12 +70,14 @@ class UnusableAnswer(UpstreamFailed):
     """GPT-Omni answered, but not in the shape the client asked for (no valid tool call where
     one was required, JSON that does not parse or match its schema). Failover tries again
     within the request's attempt budget, with `retry_prompt` when one is given; `code` names
-    what was wrong for the client."""
+    what was wrong for the client. `fallback` (a core.shaping ShapedAnswer) is what the
+    client gets instead of an error when the attempts run out, where one is acceptable."""
 
-    def __init__(self, message: str, code: str, retry_prompt: str | None = None) -> None:
+    def __init__(self, message: str, code: str, retry_prompt: str | None = None, fallback: Any = None) -> None:
         super().__init__(message)
         self.code = code
         self.retry_prompt = retry_prompt
+        self.fallback = fallback
 
 
 class BadConversation(RelayError):

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from gptomni_relay.core.conversation import Turn, fold_conversation
 from gptomni_relay.core.errors import RelayError
-from gptomni_relay.core.shaping import AnswerShape, TextCutter, instructions, interpret
+from gptomni_relay.core.shaping import AnswerShape, TextCutter, instructions, shaped_answer
 from gptomni_relay.core.usage import estimate_tokens
 from gptomni_relay.metrics import UNKNOWN_MODEL, RelayMetrics
 from gptomni_relay.openai_api.admission import admit, token_counter
@@ -85,7 +85,7 @@ async def answer(request: Request, surface: Surface) -> Response:
                 whole = await failover.whole()
                 first_piece_at = whole.first_piece_at
             else:
-                whole, shaped = await failover.accepted(lambda whole: (whole, interpret(shape, whole.text)))
+                whole, shaped = await shaped_answer(failover, shape, prompt)
                 first_piece_at = whole.first_piece_at
         if watch.hung_up:
             writer.finish(CLIENT_GONE, None)

@@ -10,15 +10,15 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
-from gptomni_relay.core.conversation import NonText, Turn
-from gptomni_relay.core.shaping import AnswerShape, JsonFormat
-from gptomni_relay.core.shaping.schemas import schema_problem
+from gptomni_relay.core.conversation import NonText, ToolCall, Turn
+from gptomni_relay.core.shaping import MAX_TOOLS, AnswerShape, FunctionTool, JsonFormat, ToolChoice, schema_problem
 from gptomni_relay.openai_api.errors import APIError, bad_request
 from gptomni_relay.openai_api.schemas import (
     ChatCompletionRequest,
     ChatMessage,
     JsonObjectFormat,
     JsonSchemaResponseFormat,
+    NamedToolChoice,
     ResponseFormat,
     TextPart,
 )
@@ -128,8 +128,7 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
         param = "functions" if request.functions else "function_call"
         raise bad_request("The legacy functions / function_call parameters are not supported: use tools and "
                           "tool_choice instead.", param=param)
-    if request.tools:
-        raise bad_request("Tool calling is not supported by GPT-Omni's web chat.", param="tools")
+    refuse_unusable_tools(request)
     response_format = request.response_format
     if isinstance(response_format, JsonSchemaResponseFormat) and response_format.json_schema.schema_ is not None:
         if problem := schema_problem(response_format.json_schema.schema_):
@@ -140,11 +139,46 @@ def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     return (stop,) if isinstance(stop, str) else tuple(stop or ())
 
 
+def refuse_unusable_tools(request: ChatCompletionRequest) -> None:
+    """Tools the relay cannot describe or check (too many, a name twice, a schema that is
+    invalid or too large), and a tool_choice that names no offered tool: a 400 naming them."""
+    tools = request.tools or []
+    if len(tools) > MAX_TOOLS:
+        raise bad_request(f"At most {MAX_TOOLS} tools are allowed; the request has {len(tools)}.", param="tools")
+    names: set[str] = set()
+    for index, tool in enumerate(tools):
+        if tool.function.name in names:
+            raise bad_request(f"The tool name '{tool.function.name}' is given twice.",
+                              param=f"tools[{index}].function.name")
+        names.add(tool.function.name)
+        if tool.function.parameters is not None and (problem := schema_problem(tool.function.parameters)):
+            raise bad_request(f"Invalid JSON schema for the tool's parameters: {problem}.",
+                              param=f"tools[{index}].function.parameters")
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise bad_request(f"tool_choice names the function '{choice.function.name}', which is not in tools.",
+                          param="tool_choice")
+    if choice == "required" and not tools:
+        raise bad_request("tool_choice 'required' needs at least one tool in tools.", param="tool_choice")
+
+
 def answer_shape(request: ChatCompletionRequest) -> AnswerShape:
     stops = stop_strings(request.stop)
     limits = [limit for limit in (request.max_tokens, request.max_completion_tokens) if limit is not None]
+    tools = tuple(FunctionTool(tool.function.name, tool.function.description, tool.function.parameters)
+                  for tool in request.tools or ())
     return AnswerShape(stops=stops, max_tokens=min(limits) if limits else None,
-                       json_format=_json_format(request.response_format))
+                       json_format=_json_format(request.response_format), tools=tools,
+                       tool_choice=_tool_choice(request.tool_choice),
+                       parallel_tool_calls=request.parallel_tool_calls is not False)
+
+
+def _tool_choice(choice: str | NamedToolChoice | None) -> ToolChoice:
+    if isinstance(choice, NamedToolChoice):
+        return ToolChoice("required", choice.function.name)
+    if choice == "none":
+        return ToolChoice("none")
+    return ToolChoice("required") if choice == "required" else ToolChoice("auto")
 
 
 def _json_format(response_format: ResponseFormat | None) -> JsonFormat | None:
@@ -165,7 +199,9 @@ def _turn(message: ChatMessage) -> Turn:
         parts = (content,)
     else:
         parts = tuple(part.text if isinstance(part, TextPart) else NonText(part.type) for part in content)
-    return Turn(role=message.role, parts=parts, name=message.name)
+    calls = tuple(ToolCall(call.id, call.function.name, call.function.arguments) for call in message.tool_calls or ())
+    return Turn(role=message.role, parts=parts, name=message.name, tool_calls=calls,
+                tool_call_id=message.tool_call_id if message.role == "tool" else None)
 
 
 def conversation(request: ChatCompletionRequest) -> list[Turn]:

@@ -1,6 +1,7 @@
 """Finding the JSON a web chat model wrote in its answer, in the forms it writes it:
-wrapped in `<tool_call>` tags, in fenced ``` blocks (```json or bare), or bare in the
-text, with prose before and after.
+wrapped in tags (`<tool_call>`, `<tool_calls>`, `<function_call>`), in fenced ``` blocks
+(```json or bare), or bare in the text, with prose before and after. Each value found
+keeps where it stood, so the prose around tool calls can be kept as the answer's text.
 
 Bounded: an answer is at most GPTOMNI_MAX_ANSWER_CHARS long, and the bare-JSON scan tries
 at most `MAX_BARE_STARTS` places where a value could begin (a failed parse from each of
@@ -16,7 +17,8 @@ from typing import Any
 
 MAX_BARE_STARTS = 64
 
-TOOL_CALL_TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
+# An unclosed last tag runs to the end of the answer (the model stopped before closing it).
+TAGGED = re.compile(r"<(tool_calls?|function_call)>(.*?)(?:</\1>|\Z)", re.S)
 _FENCE = re.compile(r"```[A-Za-z0-9_+-]*[^\S\n]*\n?(.*?)```", re.S)
 _OPENING = re.compile(r"[{\[]")
 
@@ -30,35 +32,49 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 @dataclass(frozen=True)
 class Found:
-    """A JSON value found in an answer; `text` is None when the place held no valid JSON."""
+    """A JSON value found in an answer at `start:end`; `text` is None when the place held
+    no valid JSON."""
 
     value: Any
     text: str | None
+    start: int = 0
+    end: int = 0
 
 
-def parse_whole(text: str) -> Found:
+def parse_whole(text: str, start: int = 0, end: int = 0) -> Found:
     """The one JSON value `text` holds (surrounding whitespace aside), or no value."""
     stripped = text.strip()
     try:
-        value, end = _DECODER.raw_decode(stripped)
+        value, stop = _DECODER.raw_decode(stripped)
     except ValueError:
-        return Found(None, None)
-    return Found(value, stripped) if end == len(stripped) else Found(None, None)
+        return Found(None, None, start, end)
+    return Found(value, stripped, start, end) if stop == len(stripped) else Found(None, None, start, end)
 
 
 def tagged(text: str) -> list[Found]:
-    """The contents of every `<tool_call>` tag (an unclosed last tag runs to the end)."""
-    return [parse_whole(match.group(1)) for match in TOOL_CALL_TAG.finditer(text)]
+    """The contents of every tag, each a JSON value or, inside the tag, a fenced one."""
+    found = []
+    for match in TAGGED.finditer(text):
+        value = parse_whole(match.group(2), match.start(), match.end())
+        if value.text is None:
+            fenced = [f for f in _fenced(match.group(2)) if f.text is not None]
+            if len(fenced) == 1:
+                value = Found(fenced[0].value, fenced[0].text, match.start(), match.end())
+        found.append(value)
+    return found
+
+
+def _fenced(text: str) -> list[Found]:
+    return [parse_whole(match.group(1), match.start(), match.end()) for match in _FENCE.finditer(text)]
 
 
 def json_values(text: str) -> list[Found]:
     """Every JSON value in fenced blocks; without any fenced block, every bare one."""
-    fenced = [parse_whole(match.group(1)) for match in _FENCE.finditer(text)]
-    valid = [found for found in fenced if found.text is not None]
-    return valid or _bare(text)
+    valid = [found for found in _fenced(text) if found.text is not None]
+    return valid or bare_values(text)
 
 
-def _bare(text: str) -> list[Found]:
+def bare_values(text: str) -> list[Found]:
     found: list[Found] = []
     position = 0
     for _ in range(MAX_BARE_STARTS):
@@ -70,6 +86,6 @@ def _bare(text: str) -> list[Found]:
         except ValueError:
             position = opening.start() + 1
             continue
-        found.append(Found(value, text[opening.start():end]))
+        found.append(Found(value, text[opening.start():end], opening.start(), end))
         position = end
     return found

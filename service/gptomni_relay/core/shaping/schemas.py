@@ -1,23 +1,50 @@
 """JSON-schema checks with the `jsonschema` library: the dialect a schema names in
-`$schema`, Draft 2020-12 when it names none (OpenAI's structured outputs use a subset)."""
+`$schema`, Draft 2020-12 when it names none (OpenAI's structured outputs use a subset).
+
+Schemas come from clients and the values checked against them from GPT-Omni (which a
+client can steer), so both are bounded: a schema's size and nesting when the request is
+read (`schema_problem`), and the time spent on `pattern` / `patternProperties` when an
+answer is checked (`first_violation`): Python's `re` backtracks without limit and holds
+the event loop while it does, so patterns run on the `regex` engine with one deadline
+for the whole check.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from jsonschema import Draft202012Validator
+import orjson
+import regex
+from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
+MAX_SCHEMA_BYTES = 32_768  # one schema, as compact JSON
+MAX_SCHEMA_DEPTH = 32  # nested objects / arrays (jsonschema recurses on them)
+PATTERN_SECONDS = 0.25  # all pattern matching of one check together
 
-def validator(schema: Mapping[str, Any]) -> Validator:
-    return validator_for(schema, default=Draft202012Validator)(schema)
+
+def _depth(value: Any) -> int:
+    deepest, level = 0, [value]
+    while level:
+        deepest += 1
+        if deepest > MAX_SCHEMA_DEPTH:
+            return deepest
+        level = [child for item in level for child in
+                 (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())]
+    return deepest - 1
 
 
 def schema_problem(schema: Mapping[str, Any]) -> str | None:
-    """Why `schema` is not a valid JSON schema, or None."""
+    """Why `schema` is not a usable JSON schema (too large, too deep, invalid), or None."""
+    size = len(orjson.dumps(schema))
+    if size > MAX_SCHEMA_BYTES:
+        return f"the schema is {size} bytes as JSON, more than the relay's {MAX_SCHEMA_BYTES}-byte limit"
+    if _depth(schema) > MAX_SCHEMA_DEPTH:
+        return f"the schema nests deeper than the relay's limit of {MAX_SCHEMA_DEPTH} levels"
     try:
         validator_for(schema, default=Draft202012Validator).check_schema(schema)
     except SchemaError as exc:
@@ -25,9 +52,41 @@ def schema_problem(schema: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _bounded_validator(schema: Mapping[str, Any]) -> Validator:
+    deadline = time.monotonic() + PATTERN_SECONDS
+
+    def search(pattern: str, text: str) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        return regex.search(pattern, text, timeout=remaining) is not None
+
+    def pattern(validator: Validator, patrn: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+        if validator.is_type(instance, "string") and not search(patrn, instance):
+            yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    def pattern_properties(validator: Validator, patterns: Mapping[str, Any], instance: Any,
+                           schema: Any) -> Iterator[ValidationError]:
+        if not validator.is_type(instance, "object"):
+            return
+        for patrn, subschema in patterns.items():
+            for key, value in instance.items():
+                if search(patrn, key):
+                    yield from validator.descend(value, subschema, path=key, schema_path=patrn)
+
+    base = validator_for(schema, default=Draft202012Validator)
+    bounded = validators.extend(base, {"pattern": pattern, "patternProperties": pattern_properties})
+    return bounded(schema)
+
+
 def first_violation(schema: Mapping[str, Any], instance: Any) -> str | None:
     """The first way `instance` breaks `schema` (with where), or None when it matches."""
-    error = next(iter(validator(schema).iter_errors(instance)), None)
+    try:
+        error = next(iter(_bounded_validator(schema).iter_errors(instance)), None)
+    except TimeoutError:
+        return f"matching the schema's patterns took longer than the relay's {PATTERN_SECONDS}-second limit"
+    except regex.error as exc:
+        return f"a pattern of the schema cannot be used: {exc}"
     if error is None:
         return None
     where = "".join(f"[{part!r}]" for part in error.absolute_path)

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gptomni_relay.core.conversation import ToolCall
+
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 
@@ -64,13 +66,6 @@ class AnswerShape:
         """Whether the answer must be complete before anything of it is sent: a tool call or
         a JSON document is known good (parsed, validated) only at its end."""
         return self.offers_tools or self.json_format is not None
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    id: str  # "call_..."
-    name: str
-    arguments: str  # a JSON object, as OpenAI sends it: a string
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,281 @@
+"""Function tools, emulated, through the OpenAI SDK against a real relay: the tools are
+described in the folded prompt, GPT-Omni's answer (the simulator's, on cue) is read back
+into `tool_calls` in whichever form it wrote them, checked against each tool's schema and
+`tool_choice`, asked again with a corrective prompt when unusable, streamed and not, and
+tool results reach the next turn."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+
+from gptomni_relay.core.shaping import MAX_SCHEMA_BYTES, MAX_TOOLS
+from tests.harness import Harness
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "pattern": "^[A-Z]"}},
+                       "required": ["city"], "additionalProperties": False},
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+TOOLS: list[Any] = [WEATHER, TIME]
+
+
+def call(name: str = "get_weather", **arguments: Any) -> str:
+    if name == "get_weather" and not arguments:
+        arguments = {"city": "Paris"}
+    return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
+
+
+def ask(cue: str) -> list[Any]:
+    return [{"role": "user", "content": f"What is the weather in Paris? [[simulate: {cue} ]]"}]
+
+
+def create(relay: Harness, cue: str, **kwargs: Any) -> Any:
+    kwargs.setdefault("tools", TOOLS)
+    return relay.client().chat.completions.create(model="gptomni", messages=ask(cue), **kwargs)
+
+
+def calls_of(completion: Any) -> list[tuple[str, Any]]:
+    return [(c.function.name, json.loads(c.function.arguments)) for c in completion.choices[0].message.tool_calls or []]
+
+
+def test_a_call_comes_back_as_tool_calls_and_the_tools_are_in_the_prompt(relay: Harness) -> None:
+    completion = create(relay, call())
+    choice = choice0 = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice0.message.content is None
+    [tool_call] = choice.message.tool_calls
+    assert tool_call.id.startswith("call_") and tool_call.type == "function"
+    assert calls_of(completion) == [("get_weather", {"city": "Paris"})]
+    prompt = relay.sim.received[-1].prompt
+    assert "- get_weather: The current weather in a city." in prompt
+    assert '"pattern": "^[A-Z]"' in prompt and "- get_time" in prompt
+    assert '<tool_call>{"name": "TOOL_NAME", "arguments": {"ARGUMENT": "VALUE"}}</tool_call>' in prompt
+    assert prompt.endswith("You may call several tools at once, one line each.\n\nAssistant:")
+    assert completion.usage.completion_tokens > 0
+
+
+FORMS = {
+    "fenced": ('Sure!\n```json\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n```\nLet me know.',
+               [("get_weather", {"city": "Rome"})], "Sure!\nLet me know."),
+    "bare with prose": ('I will call {"name": "get_weather", "arguments": {"city": "Rome"}} for you.',
+                        [("get_weather", {"city": "Rome"})], "I will call\nfor you."),
+    "unclosed tag": ('<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}',
+                     [("get_weather", {"city": "Rome"})], None),
+    "fence in a tag": ('<tool_call>\n```json\n{"name": "get_time", "arguments": {}}\n```\n</tool_call>',
+                       [("get_time", {})], None),
+    "openai shaped, string arguments": (
+        '{"type": "function", "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}}',
+        [("get_weather", {"city": "Oslo"})], None),
+    "a list, parameters": ('[{"name": "get_weather", "parameters": {"city": "Oslo"}}, {"name": "get_time"}]',
+                           [("get_weather", {"city": "Oslo"}), ("get_time", {})], None),
+    "several tags": (call(city="Oslo") + "\n" + call("get_time"), [("get_weather", {"city": "Oslo"}), ("get_time", {})],
+                     None),
+    "function_call tag": ('<function_call>{"name": "get_time", "arguments": {}}</function_call>', [("get_time", {})],
+                          None),
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_the_forms_a_web_model_writes(relay: Harness, form: str) -> None:
+    cue, expected, content = FORMS[form]
+    completion = create(relay, cue)
+    assert calls_of(completion) == expected
+    assert completion.choices[0].message.content == content
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert len(relay.sim.received) == 1
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_streamed_calls_are_openai_deltas(relay: Harness, include_usage: bool) -> None:
+    chunks = list(create(relay, call(city="Oslo") + call("get_time"), stream=True,
+                         stream_options={"include_usage": True} if include_usage else None))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    deltas = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    firsts = [d for d in deltas if d.id]
+    assert [(d.index, d.type, d.function.name) for d in firsts] == [(0, "function", "get_weather"),
+                                                                     (1, "function", "get_time")]
+    assert all(d.id.startswith("call_") for d in firsts)
+    arguments = ["".join(d.function.arguments or "" for d in deltas if d.index == i) for i in (0, 1)]
+    assert [json.loads(a) for a in arguments] == [{"city": "Oslo"}, {}]
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finishing] == ["tool_calls"]
+    assert (chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0) == include_usage
+
+
+def test_the_sdk_stream_helper_assembles_the_calls(relay: Harness) -> None:
+    with relay.client().chat.completions.stream(model="gptomni", messages=ask(call(city="Oslo")),
+                                                tools=TOOLS) as stream:
+        final = stream.get_final_completion()
+    assert calls_of(final) == [("get_weather", {"city": "Oslo"})]
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_auto_may_answer_in_text_streamed_or_not(relay: Harness) -> None:
+    completion = create(relay, "It is sunny in Paris.")
+    assert completion.choices[0].message.content == "It is sunny in Paris."
+    assert completion.choices[0].message.tool_calls is None
+    assert completion.choices[0].finish_reason == "stop"
+    chunks = list(create(relay, "It is sunny in Paris.", stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "It is sunny in Paris."
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_none_does_not_offer_the_tools_and_answers_in_text(relay: Harness) -> None:
+    completion = create(relay, call(), tool_choice="none")
+    assert completion.choices[0].message.content == call()
+    assert completion.choices[0].finish_reason == "stop"
+    assert "You can call these tools" not in relay.sim.received[-1].prompt
+    assert relay.sim.received[-1].prompt == ask(call())[0]["content"]  # sent verbatim: nothing to shape
+    chunks = list(create(relay, "Sunny.", tool_choice="none", stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Sunny."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_required_asks_again_for_a_call(relay: Harness, stream: bool) -> None:
+    result = create(relay, f"It is sunny. ||| {call()}", tool_choice="required", stream=stream)
+    if stream:
+        names = [tc.function.name for c in result for tc in (c.choices[0].delta.tool_calls or []) if tc.id]
+        assert names == ["get_weather"]
+    else:
+        assert calls_of(result) == [("get_weather", {"city": "Paris"})]
+    first, second = (r.prompt for r in relay.sim.received)
+    assert "You must call at least one tool now" in first
+    # The corrective prompt: the first prompt, the unusable answer, what was wrong.
+    assert second.startswith(first + " It is sunny.\n\nSystem: Your last answer could not be used: the answer "
+                                     "holds no tool call, and tool_choice requires one.")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_required_without_a_call_in_any_attempt_is_a_502(relay: Harness, stream: bool) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        create(relay, "I would rather chat.", tool_choice="required", stream=stream)
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "invalid_tool_call"
+    assert len(relay.sim.received) == 3  # GPTOMNI_MAX_ATTEMPTS
+
+
+def test_a_named_function_is_the_one_called(relay: Harness) -> None:
+    named = {"type": "function", "function": {"name": "get_time"}}
+    completion = create(relay, f"{call()} ||| {call('get_time')}", tool_choice=named)
+    assert calls_of(completion) == [("get_time", {})]
+    first, second = (r.prompt for r in relay.sim.received)
+    assert "You must call the tool `get_time` now" in first
+    assert "but tool_choice requires `get_time`" in second
+    with pytest.raises(openai.InternalServerError) as caught:
+        create(relay, call(), tool_choice=named)
+    assert caught.value.body["code"] == "invalid_tool_call"
+
+
+def test_arguments_off_the_schema_are_asked_again(relay: Harness) -> None:
+    cue = f"{call(city='paris')} ||| {call(city='Paris', country='FR')} ||| {call(city='Paris')}"
+    completion = create(relay, cue, tool_choice="required")
+    assert calls_of(completion) == [("get_weather", {"city": "Paris"})]
+    prompts = [r.prompt for r in relay.sim.received]
+    assert "'paris' does not match '^[A-Z]'" in prompts[1]
+    assert "Additional properties are not allowed" in prompts[2]
+    assert prompts[2].count("Your last answer could not be used") == 1  # built from the first prompt each time
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_with_auto_a_call_never_mended_goes_out_as_the_text_written(relay: Harness, stream: bool) -> None:
+    bad = call("get_forecast")
+    result = create(relay, bad, stream=stream)
+    if stream:
+        chunks = list(result)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == bad
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    else:
+        assert result.choices[0].message.content == bad
+        assert result.choices[0].message.tool_calls is None
+        assert result.choices[0].finish_reason == "stop"
+    assert len(relay.sim.received) == 3
+    assert "which is not one of the tools (get_weather, get_time)" in relay.sim.received[-1].prompt
+
+
+def test_parallel_tool_calls_false_allows_one_call(relay: Harness) -> None:
+    two = call(city="Oslo") + call("get_time")
+    completion = create(relay, f"{two} ||| {call('get_time')}", parallel_tool_calls=False)
+    assert calls_of(completion) == [("get_time", {})]
+    assert "Call at most one tool in your answer." in relay.sim.received[0].prompt
+    assert "makes 2 calls, but only one is allowed" in relay.sim.received[1].prompt
+    # Never one call within the attempts: the first call, which is what was allowed.
+    completion = create(relay, two, parallel_tool_calls=False)
+    assert calls_of(completion) == [("get_weather", {"city": "Oslo"})]
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+
+def test_parallel_calls_are_kept(relay: Harness) -> None:
+    completion = create(relay, call(city="Oslo") + "\n" + call(city="Rome"), parallel_tool_calls=True)
+    assert calls_of(completion) == [("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Rome"})]
+    ids = [c.id for c in completion.choices[0].message.tool_calls]
+    assert len(set(ids)) == 2
+
+
+def test_a_length_cut_is_text_with_length(relay: Harness) -> None:
+    completion = create(relay, call(), max_tokens=3)
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.choices[0].message.tool_calls is None
+
+
+def test_two_turns_the_tool_result_reaches_the_model(relay: Harness) -> None:
+    client = relay.client()
+    messages = ask(f"{call()} ||| The weather in Paris: {{{{tool_result}}}}")
+    first = client.chat.completions.create(model="gptomni", messages=messages, tools=TOOLS)
+    [tool_call] = first.choices[0].message.tool_calls
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": tool_call.id, "content": '{"celsius": 21, "sky": "clear"}'}]
+    second = client.chat.completions.create(model="gptomni", messages=messages, tools=TOOLS)
+    assert second.choices[0].message.content == 'The weather in Paris: {"celsius": 21, "sky": "clear"}'
+    assert second.choices[0].finish_reason == "stop"
+    prompt = relay.sim.received[-1].prompt
+    assert (f'Assistant: <tool_call>{{"id": "{tool_call.id}", "name": "get_weather", "arguments": {{"city": "Paris"}}}}'
+            f'</tool_call>\n\nTool result (get_weather, {tool_call.id}): {{"celsius": 21, "sky": "clear"}}') in prompt
+
+
+def bad_request(relay: Harness, **kwargs: Any) -> dict[str, Any]:
+    with pytest.raises(openai.BadRequestError) as caught:
+        relay.client().chat.completions.create(model="gptomni", messages=ask("x"), **kwargs)
+    body: dict[str, Any] = caught.value.body  # type: ignore[assignment]
+    return body
+
+
+def tool(name: str, parameters: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def test_tools_that_cannot_be_honoured_are_400s_naming_the_param(relay: Harness) -> None:
+    assert bad_request(relay, tools=[TIME, tool("x", {"type": "nonsense"})])["param"] == "tools[1].function.parameters"
+    huge = {"type": "object", "description": "x" * MAX_SCHEMA_BYTES}
+    body = bad_request(relay, tools=[tool("x", huge)])
+    assert body["param"] == "tools[0].function.parameters" and "byte limit" in body["message"]
+    deep: dict[str, Any] = {"type": "object"}
+    for _ in range(40):
+        deep = {"type": "object", "properties": {"a": deep}}
+    assert bad_request(relay, tools=[tool("x", deep)])["param"] == "tools[0].function.parameters"
+    many = [tool(f"t{i}", None) for i in range(MAX_TOOLS + 1)]
+    assert bad_request(relay, tools=many)["param"] == "tools"
+    assert bad_request(relay, tools=[TIME, TIME])["param"] == "tools[1].function.name"
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    assert bad_request(relay, tools=[TIME], tool_choice=named)["param"] == "tool_choice"
+    assert bad_request(relay, tools=[], tool_choice="required")["param"] == "tool_choice"
+    assert relay.sim.received == type(relay.sim.received)()  # nothing reached GPT-Omni
+
+
+def test_a_catastrophic_pattern_is_bounded(relay: Harness) -> None:
+    """A client's pattern that backtracks without end on what the model writes is cut off
+    by the relay's time limit: the answer is unusable, the relay stays responsive."""
+    evil = tool("grep", {"type": "object", "properties": {"q": {"type": "string", "pattern": "^(a|a)*$"}}})
+    cue = call("grep", q="a" * 40 + "b")
+    with pytest.raises(openai.InternalServerError) as caught:
+        create(relay, cue, tools=[evil], tool_choice="required")
+    assert caught.value.body["code"] == "invalid_tool_call"
+    assert "took longer than the relay's" in relay.sim.received[-1].prompt
