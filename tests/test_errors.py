@@ -35,7 +35,10 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
         ({"model": "gptomni", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"model": "gptomni", "messages": HELLO, "stream": "sometimes"}, "stream"),
         ({"model": "gptomni", "messages": HELLO, "n": 2}, "n"),
-        ({"model": "gptomni", "messages": HELLO, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"model": "gptomni", "messages": HELLO, "tools": [{"type": "function", "function": {
+            "name": "f", "parameters": {"type": 7}}}]}, "tools[0].function.parameters"),
+        ({"model": "gptomni", "messages": HELLO, "tools": [{"type": "function", "function": {"name": "f f"}}]},
+         "tools[0].function.name"),
         ({"model": "gptomni", "messages": HELLO, "functions": [{"name": "f"}]}, "functions"),
         ({"model": "gptomni", "messages": HELLO, "function_call": "auto"}, "function_call"),
         ({"model": "gptomni", "messages": HELLO, "logit_bias": {"50256": -100}}, "logit_bias"),
