@@ -10,7 +10,8 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -133,6 +134,14 @@ class Harness:
     def on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.servers.run(coro)
 
+    async def on_loop_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """`on_loop` from an async test: the test's own loop runs on while the servers' works."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.servers.loop))
+
+    async def sync_pool(self) -> None:
+        """One sync tick of the shared pool now, instead of waiting for the next one."""
+        await self.on_loop_async(self.state.pool.sync_once())  # type: ignore[attr-defined]
+
     def close(self) -> None:
         for client in self._clients:
             client.close()
@@ -142,6 +151,7 @@ def start_harness(
     servers: BackgroundLoop,
     sim: SimulatorState | None = None,
     cookies: list[str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
     **settings: Any,
 ) -> Harness:
     sim = sim or SimulatorState()
@@ -157,7 +167,7 @@ def start_harness(
         "log_format": "text",
     }
     options.update(settings)
-    app = create_app(RelaySettings(**options), tracer_provider=provider)
+    app = create_app(RelaySettings(**options), tracer_provider=provider, clock=clock)
     relay_server = servers.enter(serve_app(app, limits=app.state.relay.settings.http_limits(),
                                            timeout_graceful_shutdown=5))
     metrics_server = servers.enter(serve_app(create_metrics_app(app.state.relay), lifespan="off"))

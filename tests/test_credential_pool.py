@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,20 +20,13 @@ from gptomni_relay.settings import RelaySettings
 from gptomni_relay.simulator import Behaviour, SimulatorState
 from gptomni_relay.state import build_pool
 from tests.harness import Harness, sample_value, write_pool_file, write_raw_pool_file
+from tests.polling import FakeClock, wait_until
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
 
 def entry(name: str, cookie: str, **extra: Any) -> dict[str, Any]:
     return {"id": f"default/{name}", "cookie": cookie, "weight": 1, "maxConcurrency": 8, **extra}
-
-
-def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def sessions_used(sim: SimulatorState) -> Counter[str]:
@@ -77,7 +69,12 @@ def test_malformed_or_empty_file_keeps_last_good_pool(make_relay: Any, tmp_path:
     wait_until(lambda: 'result="invalid"} 1.0' in relay.metrics_text())
     write_raw_pool_file(tmp_path, b"")
     wait_until(lambda: 'result="invalid"} 2.0' in relay.metrics_text())
-    time.sleep(0.5)  # several more polls of the same bad file
+
+    async def poll_again() -> None:
+        for _ in range(5):
+            relay.state.watchers[0].check_now()
+
+    relay.on_loop(poll_again())  # several more polls of the same bad file
 
     assert ids(relay) == {"default/a": "healthy"}
     assert relay.client().chat.completions.create(model="gptomni", messages=HELLO).choices[0].message.content
@@ -126,14 +123,18 @@ def test_every_credential_ejected_is_503_and_not_ready(make_relay: Any) -> None:
 def test_rate_limited_cookie_cools_down_then_returns(make_relay: Any) -> None:
     sim = SimulatorState()
     sim.set("session=alpha", status=429, retry_after=1)
-    relay = make_relay(sim=sim, cookies=["session=alpha", "session=beta"])
+    clock = FakeClock()
+    relay = make_relay(sim=sim, cookies=["session=alpha", "session=beta"], clock=clock)
     client = relay.client()
     for _ in range(4):
         client.chat.completions.create(model="gptomni", messages=HELLO)
     assert sessions_used(sim)["session=alpha"] == 1
     assert ids(relay)["env/0"] == "cooling"
     sim.behaviours.clear()
-    wait_until(lambda: ids(relay)["env/0"] == "healthy", timeout=3)
+    clock.advance(0.9)
+    assert ids(relay)["env/0"] == "cooling"
+    clock.advance(0.2)
+    assert ids(relay)["env/0"] == "healthy"
     for _ in range(4):
         client.chat.completions.create(model="gptomni", messages=HELLO)
     assert sessions_used(sim)["session=alpha"] >= 2
@@ -141,11 +142,12 @@ def test_rate_limited_cookie_cools_down_then_returns(make_relay: Any) -> None:
 
 def test_backoff_grows_without_retry_after(make_relay: Any) -> None:
     sim = SimulatorState(default=Behaviour(status=429))
-    relay = make_relay(sim=sim, cookies=["session=alpha"], cooldown_base_seconds=1)
+    clock = FakeClock()
+    relay = make_relay(sim=sim, cookies=["session=alpha"], cooldown_base_seconds=1, clock=clock)
     http = relay.http()
     first = http.post("/v1/chat/completions", json={"model": "gptomni", "messages": HELLO})
     assert first.status_code == 429 and first.headers["retry-after"] == "1"
-    time.sleep(1.1)
+    clock.advance(1.1)
     second = http.post("/v1/chat/completions", json={"model": "gptomni", "messages": HELLO})
     assert second.status_code == 429 and second.headers["retry-after"] == "2"
 

@@ -9,7 +9,8 @@ import time
 import httpx
 
 from gptomni_relay.simulator import Behaviour, SimulatorState
-from tests.harness import Harness
+from tests.harness import Harness, sample_value
+from tests.polling import eventually
 
 MESSAGES = [{"role": "user", "content": "long"}]
 
@@ -24,12 +25,16 @@ async def read_first_event_and_hang_up(relay: Harness, sim: SimulatorState) -> N
             assert sim.active == 1
 
 
+def hung_up_requests(relay: Harness, stream: bool) -> float:
+    return sample_value(relay.metrics_text(), "gptomni_requests_total", model="gptomni", status="499",
+                        stream=str(stream).lower())
+
+
 async def seconds_until_released(relay: Harness, sim: SimulatorState) -> float:
     """How long after a hang-up the upstream request and the credential slot are gone (≤ 3 s)."""
     hung_up = time.monotonic()
-    while (sim.active or relay.state.pool.total_in_flight()) and time.monotonic() - hung_up < 3:
-        await asyncio.sleep(0.02)
-    assert sim.active == 0 and sim.completed == 0 and relay.state.pool.total_in_flight() == 0
+    await eventually(lambda: not (sim.active or relay.state.pool.total_in_flight()), timeout=3, step=0.02)
+    assert sim.completed == 0
     return time.monotonic() - hung_up
 
 
@@ -72,10 +77,7 @@ async def test_hang_up_without_streaming_cancels_the_upstream_request(make_relay
     relay: Harness = make_relay(sim=sim)
     async with httpx.AsyncClient(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}) as http:
         request = asyncio.ensure_future(http.post("/v1/chat/completions", json={"model": "gptomni", "messages": MESSAGES}))
-        deadline = time.monotonic() + 3
-        while sim.active == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert sim.active == 1
+        await eventually(lambda: sim.active == 1, timeout=3, step=0.02)
         request.cancel()  # the client gives up and closes its connection
         await asyncio.gather(request, return_exceptions=True)
     assert await seconds_until_released(relay, sim) < 1.0
@@ -86,10 +88,7 @@ async def hang_up_while(relay: Harness, condition, body: dict) -> None:  # noqa:
     """Sends `body`, waits (≤ 3 s) until `condition()` holds, then gives up on the request."""
     async with httpx.AsyncClient(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}) as http:
         request = asyncio.ensure_future(http.post("/v1/chat/completions", json=body))
-        deadline = time.monotonic() + 3
-        while not condition() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert condition()
+        await eventually(condition, timeout=3, step=0.02)
         request.cancel()
         await asyncio.gather(request, return_exceptions=True)
 
@@ -99,18 +98,14 @@ async def test_hang_up_while_queued_for_a_slot_never_reaches_upstream(make_relay
     relay: Harness = make_relay(sim=sim, default_max_concurrency=1, acquire_timeout_seconds=10)
     async with relay.async_client() as client:
         holder = asyncio.ensure_future(client.chat.completions.create(model="gptomni", messages=MESSAGES))
-        deadline = time.monotonic() + 3
-        while sim.active == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await eventually(lambda: sim.active == 1, timeout=3, step=0.02)
         queued = lambda: relay.state.pool._waiters != []  # noqa: E731, SLF001
         await hang_up_while(relay, queued, {"model": "gptomni", "messages": MESSAGES, "stream": True})
-        await asyncio.sleep(0.2)
-        waiters = relay.state.pool._waiters  # noqa: SLF001 - the queue itself is what must be left
-        assert waiters == []
+        # The hung-up request is over once it is counted; the queue itself is what must be left.
+        await eventually(lambda: hung_up_requests(relay, stream=True) == 1)
+        assert relay.state.pool._waiters == []  # noqa: SLF001
         await holder
-    await asyncio.sleep(0.3)
     assert len(sim.received) == 1  # only the request that held the slot ever reached GPT-Omni
-    assert 'gptomni_requests_total{model="gptomni",status="499",stream="true"} 1.0' in relay.metrics_text()
 
 
 async def test_hang_up_between_failover_attempts_stops_failing_over(make_relay) -> None:  # noqa: ANN001
@@ -119,6 +114,8 @@ async def test_hang_up_between_failover_attempts_stops_failing_over(make_relay) 
     sim.set("session=b", first_byte_delay=10)
     relay: Harness = make_relay(sim=sim, cookies=["session=a", "session=b"], first_byte_timeout_seconds=1.5)
     await hang_up_while(relay, lambda: sim.active == 1, {"model": "gptomni", "messages": MESSAGES})
-    await asyncio.sleep(2.5)  # past the first attempt's timeout: no second attempt may start
+    # The request ends when its handler does: had failover gone on, a second attempt would
+    # have started at the first one's timeout, before the end.
+    await eventually(lambda: hung_up_requests(relay, stream=False) == 1)
     assert len(sim.received) == 1 and sim.active == 0
     assert relay.state.pool.total_in_flight() == 0

@@ -69,20 +69,23 @@ def hung_up(http: httpx.Client) -> None:
     time.sleep(0.3)  # the relay notices, cancels and cleans up
 
 
-SCENARIOS: dict[str, tuple[Behaviour, list[Callable[[httpx.Client], None]]]] = {
-    "answered": (Behaviour(token_delay=0.002, answer_words=5), [streamed, answered, refused]),
-    "cut mid-answer": (Behaviour(cut_after=3), [streamed, answered]),
-    "no first byte in time": (Behaviour(first_byte_delay=3), [streamed, answered]),
-    "rate limited": (Behaviour(status=429, retry_after=1), [streamed, answered]),
-    "client hung up": (Behaviour(token_delay=0.2, answer_words=50), [hung_up]),
+# Rate limited: every request must reach GPT-Omni's 429 (the failed-attempt path), so the
+# cooldown it causes is 1 ms; with a cooldown of seconds the pool alone would refuse the later
+# requests, and the attempt path would run inside the watched block only on a slow machine.
+SCENARIOS: dict[str, tuple[Behaviour, list[Callable[[httpx.Client], None]], dict[str, float]]] = {
+    "answered": (Behaviour(token_delay=0.002, answer_words=5), [streamed, answered, refused], {}),
+    "cut mid-answer": (Behaviour(cut_after=3), [streamed, answered], {}),
+    "no first byte in time": (Behaviour(first_byte_delay=3), [streamed, answered], {}),
+    "rate limited": (Behaviour(status=429, retry_after=1), [streamed, answered], {"cooldown_max_seconds": 0.001}),
+    "client hung up": (Behaviour(token_delay=0.2, answer_words=50), [hung_up], {}),
 }
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_finished_requests_leave_no_reference_cycles(make_relay, scenario: str) -> None:  # noqa: ANN001
-    behaviour, requests = SCENARIOS[scenario]
+    behaviour, requests, settings = SCENARIOS[scenario]
     relay: Harness = make_relay(sim=SimulatorState(default=behaviour), cookies=["session=a", "session=b"],
-                                first_byte_timeout_seconds=0.3)
+                                first_byte_timeout_seconds=0.3, **settings)
     with httpx.Client(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}, timeout=10) as http:
         streamed(http)  # warm-up: first-use caches are not garbage
         with cyclic_garbage() as garbage:
@@ -90,3 +93,5 @@ def test_finished_requests_leave_no_reference_cycles(make_relay, scenario: str) 
                 request(http)
     assert relay_objects(garbage, relay) == []
     assert relay.state.pool.total_in_flight() == 0
+    if behaviour.status == 429:
+        assert len(relay.sim.received) >= 2 * len(requests) * 2  # each request's two attempts reached GPT-Omni

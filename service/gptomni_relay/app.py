@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -45,10 +46,11 @@ class RelayApp(FastAPI):
             del scope[SERVER_SEND_SCOPE_KEY]
 
 
-def create_app(settings: RelaySettings | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
+def create_app(settings: RelaySettings | None = None, tracer_provider: TracerProvider | None = None,
+               clock: Callable[[], float] = time.monotonic) -> FastAPI:
     settings = settings or RelaySettings()
     provider = tracer_provider if tracer_provider is not None else build_tracer_provider("gptomni-relay")
-    relay = build_state(settings, provider)
+    relay = build_state(settings, provider, clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

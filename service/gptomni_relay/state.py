@@ -12,6 +12,8 @@ import contextlib
 import logging
 import secrets
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -164,14 +166,17 @@ def build_key_limiter(settings: RelaySettings, store: SharedStore | None, replic
                                   sync_seconds=min(0.5, settings.pool_lease_seconds / 4)), replica_id)
 
 
-def build_pool(settings: RelaySettings, store: SharedStore | None = None, replica_id: str | None = None) -> Pool:
-    """In-process, or shared by every replica through Redis when GPTOMNI_REDIS_URL is set."""
+def build_pool(settings: RelaySettings, store: SharedStore | None = None, replica_id: str | None = None,
+               clock: Callable[[], float] = time.monotonic) -> Pool:
+    """In-process, or shared by every replica through Redis when GPTOMNI_REDIS_URL is set.
+    `clock` times the in-process pool's cooldowns (tests pass a fake one)."""
     store = store if store is not None else connect_store(settings)
     if store is None:
         # Without a shared store each replica keeps to its share of every cookie's limit, so
         # that the replicas together never exceed it (GPTOMNI_REPLICAS: the most there can be).
         return CredentialPool(settings.cooldown_base_seconds, settings.cooldown_max_seconds,
-                              limit=lambda credential: max(1, credential.max_concurrency // settings.replicas))
+                              limit=lambda credential: max(1, credential.max_concurrency // settings.replicas),
+                              clock=clock)
     return SharedCredentialPool(
         store,
         replica_id=replica_id or f"{socket.gethostname()}-{secrets.token_hex(3)}",
@@ -184,11 +189,12 @@ def build_pool(settings: RelaySettings, store: SharedStore | None = None, replic
     )
 
 
-def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None) -> RelayState:
+def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None,
+                clock: Callable[[], float] = time.monotonic) -> RelayState:
     keys = resolve_api_keys(settings)
     store = connect_store(settings)
     replica_id = f"{socket.gethostname()}-{secrets.token_hex(3)}"
-    pool = build_pool(settings, store, replica_id)
+    pool = build_pool(settings, store, replica_id, clock)
     static = credentials_from_env(settings.credentials, settings.default_max_concurrency)
     upstream = UpstreamClient(
         settings.upstream_url,

@@ -111,7 +111,13 @@ class UpstreamClient:
             error = await self._refusal(response, first_byte_deadline)
             if error.outcome is Outcome.CHALLENGE and attempt == 0 and await self.solver.refresh(generation):
                 continue
-            raise error
+            try:
+                raise error
+            finally:
+                # The raised error's traceback holds this frame: a frame that still held the
+                # error would make a cycle (error, traceback, frame, the response) that only
+                # the garbage collector frees.
+                del error
 
     async def check_cookie(self, cookie: str, prompt: str = CHECK_PROMPT) -> CheckResult:
         """A minimal real prompt: what the operator's health checks use. The first text of
