@@ -27,6 +27,7 @@ from gptomni_relay.core.key_limits import KeyLimiter, LocalCounts
 from gptomni_relay.core.key_limits_store import StoreCounts
 from gptomni_relay.core.pool import Credential, CredentialPool, Pool
 from gptomni_relay.core.pool_sources import MAX_POOL_FILE_BYTES, credentials_from_env, credentials_from_file
+from gptomni_relay.core.shaping.schemas import SchemaChecks
 from gptomni_relay.core.shared_pool import SharedCredentialPool
 from gptomni_relay.core.shared_store import SharedStore, printable_url
 from gptomni_relay.file_watch import FileWatcher
@@ -34,6 +35,10 @@ from gptomni_relay.metrics import RelayMetrics
 from gptomni_relay.settings import DEMO_API_KEY, MAX_API_KEYS_FILE_BYTES, RelaySettings
 
 log = logging.getLogger(__name__)
+
+# Verdicts on client JSON schemas (tool parameters, JSON output formats), shared by every
+# surface's request reader: a pure function's results, bounded (core/shaping/schemas.py).
+SCHEMA_CHECKS = SchemaChecks()
 
 
 class ConfigurationError(RuntimeError):

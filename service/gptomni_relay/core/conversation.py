@@ -84,7 +84,7 @@ def render_tool_call(name: str, arguments: str, call_id: str | None = None) -> s
     """A call as the model is told to write it (core/shaping/tool_calls.py parses it back)."""
     try:
         parsed: object = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = arguments  # kept as the client sent it: the model should see what was called
     call = {"id": call_id, "name": name, "arguments": parsed} if call_id else {"name": name, "arguments": parsed}
     return f"<{TOOL_CALL_TAG}>{json.dumps(call, ensure_ascii=False)}</{TOOL_CALL_TAG}>"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from gptomni_relay.core.conversation import NonText, ToolCall, Turn
-from gptomni_relay.core.shaping import MAX_TOOLS, AnswerShape, FunctionTool, JsonFormat, ToolChoice, schema_problem
+from gptomni_relay.core.shaping import MAX_TOOLS, AnswerShape, FunctionTool, JsonFormat, ToolChoice
 from gptomni_relay.openai_api.errors import APIError, bad_request
 from gptomni_relay.openai_api.schemas import (
     ChatCompletionRequest,
@@ -23,6 +23,7 @@ from gptomni_relay.openai_api.schemas import (
     TextPart,
 )
 from gptomni_relay.settings import RelaySettings
+from gptomni_relay.state import SCHEMA_CHECKS
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -131,7 +132,7 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
     refuse_unusable_tools(request)
     response_format = request.response_format
     if isinstance(response_format, JsonSchemaResponseFormat) and response_format.json_schema.schema_ is not None:
-        if problem := schema_problem(response_format.json_schema.schema_):
+        if problem := SCHEMA_CHECKS.problem(response_format.json_schema.schema_):
             raise bad_request(f"Invalid JSON schema: {problem}.", param="response_format.json_schema.schema")
 
 
@@ -151,7 +152,7 @@ def refuse_unusable_tools(request: ChatCompletionRequest) -> None:
             raise bad_request(f"The tool name '{tool.function.name}' is given twice.",
                               param=f"tools[{index}].function.name")
         names.add(tool.function.name)
-        if tool.function.parameters is not None and (problem := schema_problem(tool.function.parameters)):
+        if tool.function.parameters is not None and (problem := SCHEMA_CHECKS.problem(tool.function.parameters)):
             raise bad_request(f"Invalid JSON schema for the tool's parameters: {problem}.",
                               param=f"tools[{index}].function.parameters")
     choice = request.tool_choice

@@ -46,7 +46,7 @@ def parse_whole(text: str, start: int = 0, end: int = 0) -> Found:
     stripped = text.strip()
     try:
         value, stop = _DECODER.raw_decode(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the decoder goes: not an answer's JSON
         return Found(None, None, start, end)
     return Found(value, stripped, start, end) if stop == len(stripped) else Found(None, None, start, end)
 
@@ -83,7 +83,7 @@ def bare_values(text: str) -> list[Found]:
             break
         try:
             value, end = _DECODER.raw_decode(text, opening.start())
-        except ValueError:
+        except (ValueError, RecursionError):  # nested deeper than the decoder goes: not an answer's JSON
             position = opening.start() + 1
             continue
         found.append(Found(value, text[opening.start():end], opening.start(), end))

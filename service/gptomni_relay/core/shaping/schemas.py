@@ -11,7 +11,10 @@ for the whole check.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -38,9 +41,14 @@ def _depth(value: Any) -> int:
     return deepest - 1
 
 
-def schema_problem(schema: Mapping[str, Any]) -> str | None:
-    """Why `schema` is not a usable JSON schema (too large, too deep, invalid), or None."""
-    size = len(orjson.dumps(schema))
+def _compact(schema: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(schema)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, from a reader other than orjson
+        return json.dumps(schema, separators=(",", ":")).encode()
+
+
+def _problem(schema: Mapping[str, Any], size: int) -> str | None:
     if size > MAX_SCHEMA_BYTES:
         return f"the schema is {size} bytes as JSON, more than the relay's {MAX_SCHEMA_BYTES}-byte limit"
     if _depth(schema) > MAX_SCHEMA_DEPTH:
@@ -50,6 +58,35 @@ def schema_problem(schema: Mapping[str, Any]) -> str | None:
     except SchemaError as exc:
         return exc.message
     return None
+
+
+def schema_problem(schema: Mapping[str, Any]) -> str | None:
+    """Why `schema` is not a usable JSON schema (too large, too deep, invalid), or None."""
+    return _problem(schema, len(_compact(schema)))
+
+
+class SchemaChecks:
+    """`schema_problem`, remembered. Checking a schema against the 2020-12 meta-schema
+    costs about a millisecond, and agents send the same tools with every request: each
+    verdict is kept under the digest of the schema's JSON, for the `max_entries` schemas
+    seen most recently (one instance per process: state.SCHEMA_CHECKS)."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._verdicts: OrderedDict[bytes, str | None] = OrderedDict()
+        self._max_entries = max_entries
+
+    def problem(self, schema: Mapping[str, Any]) -> str | None:
+        compact = _compact(schema)
+        if len(compact) > MAX_SCHEMA_BYTES:
+            return _problem(schema, len(compact))  # never hashed, never kept
+        key = hashlib.sha256(compact).digest()
+        if key in self._verdicts:
+            self._verdicts.move_to_end(key)
+            return self._verdicts[key]
+        verdict = self._verdicts[key] = _problem(schema, len(compact))
+        if len(self._verdicts) > self._max_entries:
+            self._verdicts.popitem(last=False)
+        return verdict
 
 
 def _bounded_validator(schema: Mapping[str, Any]) -> Validator:
@@ -85,6 +122,8 @@ def first_violation(schema: Mapping[str, Any], instance: Any) -> str | None:
         error = next(iter(_bounded_validator(schema).iter_errors(instance)), None)
     except TimeoutError:
         return f"matching the schema's patterns took longer than the relay's {PATTERN_SECONDS}-second limit"
+    except RecursionError:
+        return "the value nests too deep to be checked"
     except regex.error as exc:
         return f"a pattern of the schema cannot be used: {exc}"
     if error is None:

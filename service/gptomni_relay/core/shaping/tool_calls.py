@@ -102,7 +102,7 @@ def _arguments(tool: FunctionTool, arguments: Any) -> str:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UnusableAnswer(f"the arguments of the call to `{tool.name}` are not JSON",
                                  code=INVALID_TOOL_CALL) from None
     if not isinstance(arguments, dict):
