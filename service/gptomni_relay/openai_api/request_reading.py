@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from gptomni_relay.core.conversation import NonText, ToolCall, Turn
-from gptomni_relay.core.shaping import MAX_TOOLS, AnswerShape, FunctionTool, JsonFormat, ToolChoice
+from gptomni_relay.core.shaping import AnswerShape, FunctionTool, JsonFormat, ToolChoice, tools_problem
 from gptomni_relay.openai_api.errors import APIError, bad_request
 from gptomni_relay.openai_api.schemas import (
     ChatCompletionRequest,
@@ -141,26 +141,15 @@ def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
 
 
 def refuse_unusable_tools(request: ChatCompletionRequest) -> None:
-    """Tools the relay cannot describe or check (too many, a name twice, a schema that is
-    invalid or too large), and a tool_choice that names no offered tool: a 400 naming them."""
-    tools = request.tools or []
-    if len(tools) > MAX_TOOLS:
-        raise bad_request(f"At most {MAX_TOOLS} tools are allowed; the request has {len(tools)}.", param="tools")
-    names: set[str] = set()
-    for index, tool in enumerate(tools):
-        if tool.function.name in names:
-            raise bad_request(f"The tool name '{tool.function.name}' is given twice.",
-                              param=f"tools[{index}].function.name")
-        names.add(tool.function.name)
-        if tool.function.parameters is not None and (problem := SCHEMA_CHECKS.problem(tool.function.parameters)):
-            raise bad_request(f"Invalid JSON schema for the tool's parameters: {problem}.",
-                              param=f"tools[{index}].function.parameters")
-    choice = request.tool_choice
-    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-        raise bad_request(f"tool_choice names the function '{choice.function.name}', which is not in tools.",
-                          param="tool_choice")
-    if choice == "required" and not tools:
-        raise bad_request("tool_choice 'required' needs at least one tool in tools.", param="tool_choice")
+    if not request.tools and request.tool_choice is None:
+        return
+    shape = answer_shape(request)
+    problem = tools_problem(shape.tools, shape.tool_choice, SCHEMA_CHECKS.problem)
+    if problem is not None:
+        param = {"tools": "tools", "tool_choice": "tool_choice",
+                 "name": f"tools[{problem.index}].function.name",
+                 "parameters": f"tools[{problem.index}].function.parameters"}[problem.where]
+        raise bad_request(problem.message, param=param)
 
 
 def answer_shape(request: ChatCompletionRequest) -> AnswerShape:

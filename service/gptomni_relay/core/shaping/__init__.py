@@ -6,8 +6,11 @@ core/conversation.py's `Turn`s, then):
 
 - When reading the request: `schema_problem(schema)` says why a client's JSON schema (a
   tool's parameters, a JSON output format) cannot be used (invalid, larger than
-  `MAX_SCHEMA_BYTES`, deeper than `MAX_SCHEMA_DEPTH`): a 400 naming the param; at most
-  `MAX_TOOLS` tools.
+  `MAX_SCHEMA_BYTES`, deeper than `MAX_SCHEMA_DEPTH`): a 400 naming the param; the
+  process's remembered verdicts are `state.SCHEMA_CHECKS.problem` (use that).
+  `tools_problem(shape.tools, shape.tool_choice, SCHEMA_CHECKS.problem)` -> the first
+  `ToolsProblem` of a request's tools (at most `MAX_TOOLS`, names once, valid schemas,
+  a tool_choice naming an offered tool), or None.
 - `instructions(shape)` -> the relay's own system text for the folded prompt (tool
   descriptions and the exact call format, the JSON to write), or None: pass it to
   `fold_conversation`.
@@ -41,7 +44,7 @@ from gptomni_relay.core.shaping.shape import (
     ToolChoice,
 )
 from gptomni_relay.core.shaping.text_cut import TextCutter, cut_text
-from gptomni_relay.core.shaping.tool_calls import INVALID_TOOL_CALL, MAX_TOOLS
+from gptomni_relay.core.shaping.tool_calls import INVALID_TOOL_CALL, MAX_TOOLS, ToolsProblem, tools_problem
 
 __all__ = [
     "INVALID_TOOL_CALL",
@@ -56,9 +59,11 @@ __all__ = [
     "TextCutter",
     "ToolCall",
     "ToolChoice",
+    "ToolsProblem",
     "cut_text",
     "instructions",
     "interpret",
     "schema_problem",
     "shaped_answer",
+    "tools_problem",
 ]

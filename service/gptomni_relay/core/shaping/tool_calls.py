@@ -17,19 +17,51 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from gptomni_relay.core.conversation import TOOL_CALL_TAG, ToolCall, render_tool_call
 from gptomni_relay.core.errors import UnusableAnswer
 from gptomni_relay.core.shaping.extraction import Found, bare_values, json_values, tagged
 from gptomni_relay.core.shaping.schemas import first_violation
-from gptomni_relay.core.shaping.shape import AnswerShape, FunctionTool, ShapedAnswer
+from gptomni_relay.core.shaping.shape import AnswerShape, FunctionTool, ShapedAnswer, ToolChoice
 
 MAX_TOOLS = 128  # OpenAI's own limit per request
 INVALID_TOOL_CALL = "invalid_tool_call"
 _ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")
 _CALL_KEYS = frozenset({"name", "id", "type", "function", *_ARGUMENT_KEYS})
+
+
+@dataclass(frozen=True)
+class ToolsProblem:
+    """Why the tools of a request cannot be honoured; `where` and `index` say which param,
+    for the surface to name in its own terms (chat: `tools[i].function.parameters`)."""
+
+    message: str
+    where: Literal["tools", "name", "parameters", "tool_choice"]
+    index: int | None = None
+
+
+def tools_problem(tools: Sequence[FunctionTool], choice: ToolChoice,
+                  schema_problem: Callable[[Mapping[str, Any]], str | None]) -> ToolsProblem | None:
+    """Tools the relay cannot describe or check (too many, a name twice, a schema that is
+    invalid or too large: `schema_problem`, e.g. state.SCHEMA_CHECKS.problem), and a
+    tool_choice that names no offered tool or requires a call without tools."""
+    if len(tools) > MAX_TOOLS:
+        return ToolsProblem(f"At most {MAX_TOOLS} tools are allowed; the request has {len(tools)}.", "tools")
+    names: set[str] = set()
+    for index, tool in enumerate(tools):
+        if tool.name in names:
+            return ToolsProblem(f"The tool name '{tool.name}' is given twice.", "name", index)
+        names.add(tool.name)
+        if tool.parameters is not None and (problem := schema_problem(tool.parameters)):
+            return ToolsProblem(f"Invalid JSON schema for the tool's parameters: {problem}.", "parameters", index)
+    if choice.name is not None and choice.name not in names:
+        return ToolsProblem(f"tool_choice names the function '{choice.name}', which is not in tools.", "tool_choice")
+    if choice.mode == "required" and not tools:
+        return ToolsProblem("tool_choice 'required' needs at least one tool in tools.", "tool_choice")
+    return None
 
 
 def tool_instructions(shape: AnswerShape) -> str:
