@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from starlette.types import Receive, Scope, Send
 
 from gptomni_relay import __version__
-from gptomni_relay.openai_api import chat_route, completions_route, models_route
+from gptomni_relay.openai_api import chat_route, completions_route, models_route, responses_route
 from gptomni_relay.openai_api.admission import KeyAdmissionMiddleware
 from gptomni_relay.openai_api.errors import install_error_handlers
 from gptomni_relay.openai_api.event_stream import SERVER_SEND_SCOPE_KEY
@@ -80,7 +80,7 @@ def create_app(settings: RelaySettings | None = None, tracer_provider: TracerPro
                                            "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
                                            "x-ratelimit-reset-tokens"],
                            max_age=600)
-    app.router.routes.extend([chat_route.route, completions_route.route, *models_route.routes, *probe_routes])
+    app.router.routes.extend([chat_route.route, completions_route.route, responses_route.route, *models_route.routes, *probe_routes])
 
     if provider is not None:
         FastAPIInstrumentor.instrument_app(
