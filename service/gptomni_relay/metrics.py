@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gptomni_common.upstream import Outcome
+from gptomni_common.upstream import Outcome, UpstreamError
+from gptomni_relay.core.attempt_observer import AttemptObserver
 from gptomni_relay.core.pool import CredentialStatus, Health, PoolMode
 
 # LLM answers: the first token in tens of ms to tens of seconds, whole answers up to minutes.
@@ -215,6 +217,50 @@ class RelayMetrics:
         self.request_duration.labels(stream_label).observe(seconds)
         if api_key is not None:
             self.api_key_requests.labels(self.key_label(api_key), status_class(status)).inc()
+
+
+class FailoverMetrics:
+    """Failover's attempts as counts and histograms (a FailoverObserver, core/attempt_observer.py)."""
+
+    def __init__(self, metrics: RelayMetrics) -> None:
+        self._metrics = metrics
+
+    def slot_waited(self, seconds: float) -> None:
+        self._metrics.slot_wait.observe(seconds)
+
+    def failed_over(self) -> None:
+        self._metrics.failovers.inc()
+
+    def attempt(self, credential_id: str, attempt: int) -> AttemptObserver:
+        return _AttemptMetrics(self._metrics, credential_id)
+
+
+_NOTHING_AROUND = nullcontext()  # reusable: it holds no state
+
+
+class _AttemptMetrics:
+    __slots__ = ("_credential_id", "_metrics")
+
+    def __init__(self, metrics: RelayMetrics, credential_id: str) -> None:
+        self._metrics = metrics
+        self._credential_id = credential_id
+
+    def running(self) -> AbstractContextManager[object]:
+        return _NOTHING_AROUND
+
+    def first_piece(self, after_seconds: float) -> None:
+        self._metrics.upstream_time_to_first_token.observe(after_seconds)
+
+    def succeeded(self) -> None:
+        self._metrics.upstream_attempts.labels(self._credential_id, Outcome.OK.value).inc()
+
+    def failed(self, error: UpstreamError, *, answer_started: bool) -> None:
+        self._metrics.upstream_attempts.labels(self._credential_id, error.outcome.value).inc()
+        if answer_started:
+            self._metrics.stream_interruptions.labels(error.outcome.value).inc()
+
+    def closed(self) -> None:
+        pass
 
 
 def status_class(status: int | str) -> StatusClass:

@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from gptomni_common.api_key_set import KeySetDocument, parse_key_set
 from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamTimeouts
 from gptomni_relay.api_keys import ApiKey, KeyRing, api_key
+from gptomni_relay.core.attempt_observer import BothObservers, FailoverObserver
 from gptomni_relay.core.failover import AnswerSource, FailoverPolicy
 from gptomni_relay.core.key_limits import KeyLimiter, LocalCounts
 from gptomni_relay.core.key_limits_store import StoreCounts
@@ -31,8 +31,9 @@ from gptomni_relay.core.shaping.schemas import SchemaChecks
 from gptomni_relay.core.shared_pool import SharedCredentialPool
 from gptomni_relay.core.shared_store import SharedStore, printable_url
 from gptomni_relay.file_watch import FileWatcher
-from gptomni_relay.metrics import RelayMetrics
+from gptomni_relay.metrics import FailoverMetrics, RelayMetrics
 from gptomni_relay.settings import DEMO_API_KEY, MAX_API_KEYS_FILE_BYTES, RelaySettings
+from gptomni_relay.tracing import FailoverSpans
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +212,16 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None,
         max_connections=settings.max_upstream_connections,
     )
     metrics = RelayMetrics(pool.statuses, pool_mode=lambda: (pool.mode, pool.store_up), models=settings.models)
+    # With no tracer provider no span is made at all (tracing.py says why).
+    observer: FailoverObserver = FailoverMetrics(metrics)
+    if tracer_provider is not None:
+        observer = BothObservers(observer, FailoverSpans(tracer_provider.get_tracer("gptomni_relay")))
     answers = AnswerSource(
         pool,
         upstream,
-        metrics,
         FailoverPolicy(settings.max_attempts, settings.failover_budget_seconds, settings.acquire_timeout_seconds,
                        settings.max_answer_chars, settings.max_answer_seconds),
-        tracer_provider.get_tracer("gptomni_relay") if tracer_provider is not None else trace.NoOpTracer(),
+        observer,
     )
     relay = RelayState(
         settings=settings,

@@ -10,7 +10,9 @@ from the caller's `accept`: no valid tool call, JSON off its schema) is asked ag
 the same attempt budget, on any credential, this one included (it did nothing wrong).
 
 `Failover` takes every one of these decisions for one request; the HTTP layer renders
-what it returns and maps the domain errors it raises (core/errors.py).
+what it returns and maps the domain errors it raises (core/errors.py). It reports its
+attempts to a `FailoverObserver` (core/attempt_observer.py), which metrics and tracing
+implement outside core.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TypeVar
 
-from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
-
 from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamError
+from gptomni_relay.core.attempt_observer import UNWATCHED, AttemptObserver, FailoverObserver
 from gptomni_relay.core.errors import (
     AllBusy,
     AnswerTookTooLong,
@@ -40,7 +40,6 @@ from gptomni_relay.core.errors import (
 )
 from gptomni_relay.core.pool import Pool, PoolLease
 from gptomni_relay.core.usage import TokenMeter
-from gptomni_relay.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class UpstreamAnswer:
     `aclose()`. Keeps no text: `completion` counts the tokens of what went by."""
 
     def __init__(self, lease: PoolLease, first_piece: str, rest: AsyncIterator[str], stack: AsyncExitStack,
-                 span: Span, metrics: RelayMetrics, policy: FailoverPolicy) -> None:
+                 observer: AttemptObserver, policy: FailoverPolicy) -> None:
         self.credential_id = lease.credential.id
         self.first_piece_at = time.monotonic()
         self._policy = policy
@@ -76,8 +75,7 @@ class UpstreamAnswer:
         self._first = first_piece
         self._rest = rest
         self._stack = stack
-        self._span = span
-        self._metrics = metrics
+        self._observer = observer
         self._closed = False
 
     async def pieces(self) -> AsyncIterator[str]:
@@ -97,14 +95,10 @@ class UpstreamAnswer:
                 yield piece
         except UpstreamError as exc:
             self._lease.report(exc.outcome, exc.retry_after)
-            self._metrics.upstream_attempts.labels(self.credential_id, exc.outcome.value).inc()
-            self._metrics.stream_interruptions.labels(exc.outcome.value).inc()
-            self._span.set_attribute("gptomni.outcome", exc.outcome.value)
-            self._span.set_status(Status(StatusCode.ERROR, exc.message))
+            self._observer.failed(exc, answer_started=True)
             raise domain_error(exc) from None
         self._lease.report(Outcome.OK)
-        self._metrics.upstream_attempts.labels(self.credential_id, Outcome.OK.value).inc()
-        self._span.set_attribute("gptomni.outcome", Outcome.OK.value)
+        self._observer.succeeded()
 
     async def aclose(self) -> None:
         """Closes the upstream response (which cancels it if unfinished) and frees the slot."""
@@ -115,7 +109,7 @@ class UpstreamAnswer:
             await self._stack.aclose()
         finally:
             self._lease.release()
-            self._span.end()
+            self._observer.closed()
 
 
 @dataclass(frozen=True)
@@ -127,15 +121,14 @@ class WholeAnswer:
 
 
 class AnswerSource:
-    """What every request's failover shares: the pool, GPT-Omni, metrics, tracing, policy."""
+    """What every request's failover shares: the pool, GPT-Omni, the policy, and who watches."""
 
-    def __init__(self, pool: Pool, upstream: UpstreamClient, metrics: RelayMetrics,
-                 policy: FailoverPolicy, tracer: trace.Tracer) -> None:
+    def __init__(self, pool: Pool, upstream: UpstreamClient, policy: FailoverPolicy,
+                 observer: FailoverObserver = UNWATCHED) -> None:
         self.pool = pool
         self.upstream = upstream
-        self.metrics = metrics
         self.policy = policy
-        self.tracer = tracer
+        self.observer = observer
 
     def failover(self, prompt: str) -> Failover:
         return Failover(self, prompt)
@@ -170,9 +163,9 @@ class Failover:
                     raise
                 break
             finally:
-                self._source.metrics.slot_wait.observe(loop.time() - waiting_since)
+                self._source.observer.slot_waited(loop.time() - waiting_since)
             if attempt > 1:
-                self._source.metrics.failovers.inc()
+                self._source.observer.failed_over()
             self._tried.add(lease.credential.id)
             opened = await self._attempt(lease, attempt)
             if isinstance(opened, UpstreamAnswer):
@@ -224,13 +217,11 @@ class Failover:
     async def _attempt(self, lease: PoolLease, attempt: int) -> UpstreamAnswer | UpstreamError:
         source = self._source
         credential = lease.credential
-        span = source.tracer.start_span(
-            "gptomni.upstream", attributes={"gptomni.credential_id": credential.id, "gptomni.attempt": attempt}
-        )
+        observer = source.observer.attempt(credential.id, attempt)
         stack = AsyncExitStack()
         started = time.monotonic()
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with observer.running():
                 pieces = await stack.enter_async_context(source.upstream.chat(credential.cookie, self._prompt))
                 try:
                     first = await anext(pieces)
@@ -238,20 +229,16 @@ class Failover:
                     raise UpstreamError(Outcome.ERROR, "upstream returned an empty answer") from None
         except UpstreamError as exc:
             lease.report(exc.outcome, exc.retry_after)
-            source.metrics.upstream_attempts.labels(credential.id, exc.outcome.value).inc()
-            span.set_attribute("gptomni.outcome", exc.outcome.value)
-            span.set_status(Status(StatusCode.ERROR, exc.message))
+            observer.failed(exc, answer_started=False)
             log.warning("upstream attempt failed", extra={"credential": credential.id, "attempt": attempt,
                                                          "outcome": exc.outcome.value, "reason": exc.message})
-            await _abandon(stack, lease, span)
+            await _abandon(stack, lease, observer)
             return exc
         except BaseException:  # a hang-up (cancellation) included: free the slot at once
-            await _abandon(stack, lease, span)
+            await _abandon(stack, lease, observer)
             raise
-        first_piece_after = time.monotonic() - started
-        span.set_attribute("gptomni.ttft_ms", round(first_piece_after * 1000, 1))
-        source.metrics.upstream_time_to_first_token.observe(first_piece_after)
-        return UpstreamAnswer(lease, first, pieces, stack, span, source.metrics, source.policy)
+        observer.first_piece(time.monotonic() - started)
+        return UpstreamAnswer(lease, first, pieces, stack, observer, source.policy)
 
     async def _final_error(self, last_error: UpstreamError | None) -> RelayError:
         # The pool's own state explains the failure better than the last attempt when
@@ -268,10 +255,10 @@ def _as_is(answer: WholeAnswer) -> WholeAnswer:
     return answer
 
 
-async def _abandon(stack: AsyncExitStack, lease: PoolLease, span: Span) -> None:
+async def _abandon(stack: AsyncExitStack, lease: PoolLease, observer: AttemptObserver) -> None:
     """Closes an attempt's upstream response; the slot is freed whatever closing does."""
     try:
         await stack.aclose()
     finally:
         lease.release()
-        span.end()
+        observer.closed()
