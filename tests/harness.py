@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from gptomni_relay.app import create_app
+from gptomni_relay.cli import http_limits
 from gptomni_relay.probes import create_metrics_app
 from gptomni_relay.server import RunningServer, serve_app
 from gptomni_relay.settings import RelaySettings
@@ -168,7 +169,7 @@ def start_harness(
     }
     options.update(settings)
     app = create_app(RelaySettings(**options), tracer_provider=provider, clock=clock)
-    relay_server = servers.enter(serve_app(app, limits=app.state.relay.settings.http_limits(),
+    relay_server = servers.enter(serve_app(app, limits=http_limits(app.state.relay.settings),
                                            timeout_graceful_shutdown=5))
     metrics_server = servers.enter(serve_app(create_metrics_app(app.state.relay), lifespan="off"))
     return Harness(servers, sim, sim_server, relay_server, metrics_server, app.state.relay, spans)

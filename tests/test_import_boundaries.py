@@ -6,6 +6,8 @@ boundary crossed in a function body or behind `TYPE_CHECKING` is found too.
   and none of the edge's frameworks; metrics and tracing watch it through the observer
   protocol (core/attempt_observer.py), the configuration reaches it as plain arguments.
 - `gptomni_common` is shared by the relay and the operator: it imports neither.
+- `gptomni_relay.settings` is a leaf: nothing it imports, however indirectly, is of the
+  relay, and it reads no file (a `*_FILE` setting is a path; its user reads it).
 """
 
 from __future__ import annotations
@@ -52,6 +54,43 @@ def crossings(root: Path, allowed: str, forbidden: tuple[str, ...], service: Pat
             if any(within(module, name) for name in forbidden) and not within(module, allowed):
                 found.append(f"{path.relative_to(service)}:{line} imports {module}")
     return found
+
+
+def source_of(module: str, service: Path = SERVICE) -> Path | None:
+    """The file of a module of this repository's `service/` tree, or None (stdlib, third party)."""
+    base = service.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def project_imports(module: str, service: Path = SERVICE) -> set[str]:
+    """Every module of the tree that `module` imports, directly or through another one."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        path = source_of(todo.pop(), service)
+        if path is None:
+            continue
+        for _, name in imports_of(path, service):
+            if name not in seen and source_of(name, service) is not None:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+FILE_READS = {"open", "read_text", "read_bytes", "read_bounded", "load", "loads"}
+
+
+def test_settings_is_a_leaf() -> None:
+    relay_modules = {name for name in project_imports("gptomni_relay.settings") if within(name, "gptomni_relay")}
+    assert relay_modules == set()
+    calls = [node.func for node in ast.walk(ast.parse((SERVICE / "gptomni_relay" / "settings.py").read_text()))
+             if isinstance(node, ast.Call)]
+    names = {call.id if isinstance(call, ast.Name) else call.attr for call in calls
+             if isinstance(call, ast.Name | ast.Attribute)}
+    assert names & FILE_READS == set()
 
 
 def test_core_imports_nothing_of_the_edge() -> None:

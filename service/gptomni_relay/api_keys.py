@@ -21,10 +21,13 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gptomni_common.api_key_set import KeyLimits, KeySetDocument
+from gptomni_relay.file_watch import read_bounded
 
 UNNAMED = "unnamed"
+MAX_API_KEYS_FILE_BYTES = 1024 * 1024  # the key file and the key set's file
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
@@ -105,3 +108,20 @@ class KeyRing:
 
     def names(self) -> set[str]:
         return {key.name for key in self.static} | {caller.name for caller in self.managed.values()}
+
+
+def parse_api_keys(text: str) -> list[str]:
+    """A key file: one key per line, or comma separated."""
+    return [key.strip() for key in text.replace(",", "\n").splitlines() if key.strip()]
+
+
+def static_keys_with_file(env_keys: list[str], raw: bytes) -> list[str]:
+    """GPTOMNI_API_KEYS plus those of a key file's content (at start-up and on reload)."""
+    return [*env_keys, *parse_api_keys(raw.decode("utf-8"))]
+
+
+def read_static_keys(env_keys: list[str], key_file: Path | None) -> list[str]:
+    """GPTOMNI_API_KEYS plus the mounted GPTOMNI_API_KEYS_FILE, as at start-up."""
+    if key_file is None:
+        return list(env_keys)
+    return static_keys_with_file(env_keys, read_bounded(key_file, MAX_API_KEYS_FILE_BYTES))

@@ -24,6 +24,7 @@ from gptomni_common.logging_setup import configure_logging
 from gptomni_common.redaction import describe_validation_error
 from gptomni_common.settings_help import add_help_and_version
 from gptomni_relay.gc_tuning import collect_young_objects_regularly, tune_gc_for_serving
+from gptomni_relay.http_guard import HttpLimits
 from gptomni_relay.server import bind_socket, serve_app, uvicorn_config
 from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
 from gptomni_relay.state import ConfigurationError, resolve_api_keys
@@ -31,6 +32,12 @@ from gptomni_relay.state import ConfigurationError, resolve_api_keys
 log = logging.getLogger("gptomni_relay")
 
 DEMO_COOKIES = ["demo-session=alpha", "demo-session=beta", "demo-session=gamma"]
+
+
+def http_limits(settings: RelaySettings) -> HttpLimits:
+    """What one client connection may make the relay hold (http_guard.py), as configured."""
+    return HttpLimits(settings.max_header_bytes, settings.max_header_count, settings.max_body_bytes,
+                      settings.header_timeout_seconds, settings.body_timeout_seconds)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -95,7 +102,7 @@ async def run(settings: RelaySettings, sock: socket.socket, metrics_sock: socket
         app = create_app(settings)
         metrics = await stack.enter_async_context(
             serve_app(create_metrics_app(app.state.relay), sock=metrics_sock, quiet=True, lifespan="off",
-                      limits=settings.http_limits()))
+                      limits=http_limits(settings)))
         log.info("relay listening", extra={"url": f"http://{settings.host}:{port}/v1", "demo": settings.demo,
                                            "metrics": f"{metrics.url}/metrics", "upstream": settings.upstream_url})
         if settings.demo:
@@ -110,7 +117,7 @@ async def run(settings: RelaySettings, sock: socket.socket, metrics_sock: socket
         stack.callback(young_collections.cancel)
         server = uvicorn.Server(uvicorn_config(
             app,
-            settings.http_limits(),
+            http_limits(settings),
             # Open streams run on for the grace period, then are cancelled (closing upstream).
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             timeout_keep_alive=settings.keep_alive_timeout_seconds,

@@ -1,6 +1,9 @@
 """Relay configuration, read from `GPTOMNI_*` environment variables.
 
 Every field here is documented in README.md ("Configuration"); keep the two in step.
+A leaf: it imports nothing of the relay and reads no file. A setting that names a file
+(`*_FILE`) is a path here; the module that uses the file reads it
+(tests/test_import_boundaries.py).
 """
 
 from __future__ import annotations
@@ -13,17 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gptomni_common.pool_file import check_cookie_value
 from gptomni_common.setting_types import BaseUrl, CommaList, LogLevel, split_comma_list
-from gptomni_relay.file_watch import read_bounded
-from gptomni_relay.http_guard import HttpLimits
 
 DEMO_API_KEY = "sk-gptomni-demo"
-MAX_API_KEYS_FILE_BYTES = 1024 * 1024
-MAX_PASSWORD_FILE_BYTES = 64 * 1024
-
-
-def parse_api_keys(text: str) -> list[str]:
-    """A key file: one key per line, or comma separated."""
-    return [key.strip() for key in text.replace(",", "\n").splitlines() if key.strip()]
 
 
 def _alias_pairs(value: object) -> object:
@@ -149,24 +143,3 @@ class RelaySettings(BaseSettings):
     def model_names(self) -> list[str]:
         """Every name a client may ask for: the model ids, then the aliases."""
         return [*self.models, *self.model_aliases]
-
-    def http_limits(self) -> HttpLimits:
-        return HttpLimits(self.max_header_bytes, self.max_header_count, self.max_body_bytes,
-                          self.header_timeout_seconds, self.body_timeout_seconds)
-
-    def load_redis_password(self) -> str | None:
-        """The shared store's password: from the mounted file (a Secret), else the variable."""
-        if self.redis_password_file is not None:
-            raw = read_bounded(self.redis_password_file, MAX_PASSWORD_FILE_BYTES).decode("utf-8")
-            return raw.strip("\r\n") or None
-        return self.redis_password.get_secret_value() if self.redis_password is not None else None
-
-    def load_api_keys(self) -> list[str]:
-        """Keys from the environment plus the mounted key file, as at start-up."""
-        if self.api_keys_file is None:
-            return list(self.api_keys)
-        return self.api_keys_with_file(read_bounded(self.api_keys_file, MAX_API_KEYS_FILE_BYTES))
-
-    def api_keys_with_file(self, raw: bytes) -> list[str]:
-        """The environment's keys plus those of a key file's content (at start-up and on reload)."""
-        return [*self.api_keys, *parse_api_keys(raw.decode("utf-8"))]

@@ -20,7 +20,14 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from gptomni_common.api_key_set import KeySetDocument, parse_key_set
 from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamTimeouts
-from gptomni_relay.api_keys import ApiKey, KeyRing, api_key
+from gptomni_relay.api_keys import (
+    MAX_API_KEYS_FILE_BYTES,
+    ApiKey,
+    KeyRing,
+    api_key,
+    read_static_keys,
+    static_keys_with_file,
+)
 from gptomni_relay.core.attempt_observer import BothObservers, FailoverObserver
 from gptomni_relay.core.failover import AnswerSource, FailoverPolicy
 from gptomni_relay.core.key_limits import KeyLimiter, LocalCounts
@@ -30,9 +37,9 @@ from gptomni_relay.core.pool_sources import MAX_POOL_FILE_BYTES, credentials_fro
 from gptomni_relay.core.shaping.schemas import SchemaChecks
 from gptomni_relay.core.shared_pool import SharedCredentialPool
 from gptomni_relay.core.shared_store import SharedStore, printable_url
-from gptomni_relay.file_watch import FileWatcher
+from gptomni_relay.file_watch import FileWatcher, read_bounded
 from gptomni_relay.metrics import FailoverMetrics, RelayMetrics
-from gptomni_relay.settings import DEMO_API_KEY, MAX_API_KEYS_FILE_BYTES, RelaySettings
+from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
 from gptomni_relay.tracing import FailoverSpans
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 # Verdicts on client JSON schemas (tool parameters, JSON output formats), shared by every
 # surface's request reader: a pure function's results, bounded (core/shaping/schemas.py).
 SCHEMA_CHECKS = SchemaChecks()
+MAX_PASSWORD_FILE_BYTES = 64 * 1024
 
 
 class ConfigurationError(RuntimeError):
@@ -69,7 +77,7 @@ class RelayState:
 
     def load_api_keys_file(self, raw: bytes) -> None:
         """A key removed from the file stops working at the next poll: revocation needs no restart."""
-        keys = self.settings.api_keys_with_file(raw)
+        keys = static_keys_with_file(self.settings.api_keys, raw)
         if not keys:
             log.warning("the API key file lists no key: every request is refused until one is added")
         self.install_api_keys(keys)
@@ -135,7 +143,7 @@ class RelayState:
 
 def resolve_api_keys(settings: RelaySettings) -> list[str]:
     try:
-        keys = settings.load_api_keys()
+        keys = read_static_keys(settings.api_keys, settings.api_keys_file)
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read GPTOMNI_API_KEYS_FILE: {exc}") from None
     if not keys and settings.api_key_set_file is None:
@@ -153,7 +161,7 @@ def connect_store(settings: RelaySettings) -> SharedStore | None:
     if settings.redis_url is None:
         return None
     try:
-        password = settings.load_redis_password()
+        password = redis_password(settings)
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read GPTOMNI_REDIS_PASSWORD_FILE: {exc}") from None
     try:
@@ -161,6 +169,14 @@ def connect_store(settings: RelaySettings) -> SharedStore | None:
                                    settings.redis_key_prefix, settings.pool_lease_seconds)
     except (OSError, ValueError) as exc:  # the URL's TLS options or files
         raise ConfigurationError(f"GPTOMNI_REDIS_URL: {exc}") from None
+
+
+def redis_password(settings: RelaySettings) -> str | None:
+    """The shared store's password: from the mounted file (a Secret), else the variable."""
+    if settings.redis_password_file is not None:
+        raw = read_bounded(settings.redis_password_file, MAX_PASSWORD_FILE_BYTES).decode("utf-8")
+        return raw.strip("\r\n") or None
+    return settings.redis_password.get_secret_value() if settings.redis_password is not None else None
 
 
 def build_key_limiter(settings: RelaySettings, store: SharedStore | None, replica_id: str) -> KeyLimiter:
