@@ -1,98 +1,176 @@
-"""Selection and verdict rules of the pool, on a controllable clock."""
+"""Selection and verdict rules of the pool, on a controllable clock, against both backends:
+the in-process pool and the shared pool on a real Redis (one parametrised fixture,
+tests/pool_backends.py). The rules are core/pool_policy.py's; these cases hold the two
+forms of them (Python and the shared store's Lua) to one behaviour."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 import pytest
 
 from gptomni_common.upstream import Outcome
-from gptomni_relay.core.errors import AllBusy, AllCoolingDown, NoCredentials
-from gptomni_relay.core.pool import Credential, CredentialPool, Health
+from gptomni_common.upstream.protocol import parse_retry_after
+from gptomni_relay.core.errors import AllBusy, AllChallenged, AllCoolingDown, NoCredentials, NothingLeftToTry
+from gptomni_relay.core.pool import Credential, Health
+from tests.pool_backends import InProcess, backend
+
+# Redis's clock runs on between a report and the next look: its cooldowns are a few ms less.
+NEAR = 0.1
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+@pytest.fixture(params=["in-process", "redis"])
+async def pool(request: pytest.FixtureRequest) -> AsyncIterator[InProcess]:
+    server = request.getfixturevalue("redis_server") if request.param == "redis" else None
+    made = backend(request.param, server)
+    await made.start()
+    yield made
+    await made.stop()
 
-    def __call__(self) -> float:
-        return self.now
 
-
-def pool_of(*credentials: Credential, clock: Clock | None = None) -> CredentialPool:
-    pool = CredentialPool(cooldown_base_seconds=5, cooldown_max_seconds=40, clock=clock or Clock())
+async def with_credentials(pool: InProcess, *credentials: Credential) -> InProcess:
     pool.replace(credentials)
+    await pool.settled()
     return pool
 
 
-def test_least_in_flight_per_weight() -> None:
-    pool = pool_of(Credential("a", "ca", weight=1, max_concurrency=100), Credential("b", "cb", weight=3, max_concurrency=100))
-    leases = [pool.try_acquire() for _ in range(40)]
+async def test_least_in_flight_per_weight(pool: InProcess) -> None:
+    await with_credentials(pool, Credential("a", "ca", weight=1, max_concurrency=100),
+                           Credential("b", "cb", weight=3, max_concurrency=100))
+    leases = [await pool.acquire() for _ in range(40)]
     counts = {"a": 0, "b": 0}
     for lease in leases:
         counts[lease.credential.id] += 1
     assert counts == {"a": 10, "b": 30}
 
 
-def test_ties_rotate_instead_of_always_picking_the_first() -> None:
-    pool = pool_of(Credential("a", "ca"), Credential("b", "cb"), Credential("c", "cc"))
+async def test_ties_rotate_instead_of_always_picking_the_first(pool: InProcess) -> None:
+    await with_credentials(pool, Credential("a", "ca"), Credential("b", "cb"), Credential("c", "cc"))
     picked = []
     for _ in range(6):
-        lease = pool.try_acquire()
+        lease = await pool.acquire()
         picked.append(lease.credential.id)
         lease.release()
+        await pool.settled()
     assert set(picked) == {"a", "b", "c"}
 
 
-def test_max_concurrency_then_busy() -> None:
-    pool = pool_of(Credential("a", "ca", max_concurrency=2))
-    first, _ = pool.try_acquire(), pool.try_acquire()
+async def test_max_concurrency_then_busy(pool: InProcess) -> None:
+    await with_credentials(pool, Credential("a", "ca", max_concurrency=2))
+    first, _ = await pool.acquire(), await pool.acquire()
     with pytest.raises(AllBusy):
-        pool.try_acquire()
+        await pool.acquire()
     first.release()
     first.release()  # idempotent
-    assert pool.try_acquire().credential.id == "a"
-    assert pool.total_in_flight() == 2
+    await pool.settled()
+    assert (await pool.acquire()).credential.id == "a"
+    with pytest.raises(AllBusy):  # the second release gave back nothing
+        await pool.acquire()
+    assert pool.pool.total_in_flight() == 2
 
 
-def test_exponential_backoff_capped_and_reset_by_success() -> None:
-    clock = Clock()
-    pool = pool_of(Credential("a", "ca"), clock=clock)
+async def test_exponential_backoff_capped_and_reset_by_success(pool: InProcess) -> None:
+    await with_credentials(pool, Credential("a", "ca"))
     delays = []
     for _ in range(5):
-        lease = pool.try_acquire()
+        lease = await pool.acquire()
         lease.report(Outcome.RATE_LIMITED)
         lease.release()
+        await pool.settled()
         with pytest.raises(AllCoolingDown) as caught:
-            pool.try_acquire()
+            await pool.acquire()
         delays.append(caught.value.retry_after)
-        clock.now += caught.value.retry_after
-    assert delays == [5, 10, 20, 40, 40]
-    lease = pool.try_acquire()
+        pool.advance(caught.value.retry_after + 0.01)
+    assert delays == pytest.approx([5, 10, 20, 40, 40], abs=NEAR)
+    lease = await pool.acquire()
     lease.report(Outcome.OK)
     lease.report(Outcome.CHALLENGE, retry_after=3)
-    assert pool.statuses()[0].cooling_for == 3
+    await pool.settled()
+    assert pool.cooling_for("a") == pytest.approx(3, abs=NEAR)  # the strikes were reset: Retry-After wins
 
 
-def test_unauthorized_ejects_until_reinstated_or_new_cookie() -> None:
-    pool = pool_of(Credential("a", "ca"))
-    pool.try_acquire().report(Outcome.UNAUTHORIZED)
-    assert pool.statuses()[0].health is Health.EJECTED and not pool.is_ready()
+@pytest.mark.parametrize(("header", "cooling"), [
+    ("0", 1.0),  # never an immediate retry loop: the floor
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 1.0),  # a date in the past: the floor
+    (None, 5.0),  # none: the backoff
+    ("3", 3.0),
+    ("99999999", 40.0),  # clamped to the max
+], ids=["zero", "past-date", "missing", "three", "huge"])
+async def test_retry_after_cools_the_same_on_both(pool: InProcess, header: str | None, cooling: float) -> None:
+    await with_credentials(pool, Credential("a", "ca"))
+    lease = await pool.acquire()
+    lease.report(Outcome.RATE_LIMITED, retry_after=parse_retry_after(header))
+    lease.release()
+    await pool.settled()
+    assert pool.cooling_for("a") == pytest.approx(cooling, abs=NEAR)
+    assert pool.status("a").health is Health.COOLING
+    with pytest.raises(AllCoolingDown) as caught:  # the store hands it out no sooner than the book says
+        await pool.acquire()
+    assert caught.value.retry_after == pytest.approx(cooling, abs=NEAR)
+    pool.advance(cooling + 0.01)
+    assert (await pool.acquire()).credential.id == "a"
+
+
+async def test_cooled_by_challenges_only_is_all_challenged(pool: InProcess) -> None:
+    await with_credentials(pool, Credential("a", "ca"), Credential("b", "cb"))
+    for _ in range(2):
+        lease = await pool.acquire()
+        lease.report(Outcome.CHALLENGE)
+        lease.release()
+    await pool.settled()
+    with pytest.raises(AllChallenged):
+        await pool.acquire()
+
+
+async def test_unauthorized_ejects_until_reinstated_or_new_cookie(pool: InProcess) -> None:
+    await with_credentials(pool, Credential("a", "ca"))
+    lease = await pool.acquire()
+    lease.report(Outcome.UNAUTHORIZED)
+    lease.release()
+    await pool.settled()
+    assert pool.status("a").health is Health.EJECTED and not pool.pool.is_ready()
+    with pytest.raises(NoCredentials, match="rejected"):
+        await pool.acquire()
+    pool.pool.reinstate("a")
+    await pool.settled()
+    assert pool.pool.is_ready()
+    (await pool.acquire()).report(Outcome.UNAUTHORIZED)
+    await pool.settled()
     with pytest.raises(NoCredentials):
-        pool.try_acquire()
-    pool.reinstate("a")
-    assert pool.is_ready()
+        await pool.acquire()
+    await with_credentials(pool, Credential("a", "ca-renewed"))  # the ejection was of the old cookie
+    assert (await pool.acquire()).credential.cookie == "ca-renewed"
 
 
-def test_leases_from_before_a_reload_release_cleanly() -> None:
-    pool = pool_of(Credential("a", "ca"))
-    old = pool.try_acquire()
-    pool.replace([Credential("b", "cb")])
+async def test_refusal_order(pool: InProcess) -> None:
+    with pytest.raises(NoCredentials, match="configured"):
+        await pool.acquire()
+    await with_credentials(pool, Credential("a", "ca"), Credential("b", "cb"))
+    with pytest.raises(NothingLeftToTry):
+        await pool.acquire(exclude=frozenset({"a", "b"}))
+    lease = await pool.acquire(exclude=frozenset({"a"}))
+    assert lease.credential.id == "b"
+    lease.report(Outcome.RATE_LIMITED, retry_after=7)
+    await pool.settled()
+    with pytest.raises(AllCoolingDown) as caught:  # a is excluded, b cools: the cooling wins over busy
+        await pool.acquire(exclude=frozenset({"a"}))
+    assert caught.value.retry_after == pytest.approx(7, abs=NEAR)
+
+
+async def test_leases_from_before_a_reload_release_cleanly(pool: InProcess) -> None:
+    await with_credentials(pool, Credential("a", "ca"))
+    old = await pool.acquire()
+    await with_credentials(pool, Credential("b", "cb"))
     old.release()
-    assert [s.in_flight for s in pool.statuses()] == [0]
+    await pool.settled()
+    assert [s.in_flight for s in pool.pool.statuses()] == [0]
 
 
-def test_transient_errors_do_not_change_state() -> None:
-    pool = pool_of(Credential("a", "ca"))
-    lease = pool.try_acquire()
+async def test_transient_errors_do_not_change_state(pool: InProcess) -> None:
+    await with_credentials(pool, Credential("a", "ca"))
+    lease = await pool.acquire()
     lease.report(Outcome.ERROR)
     lease.report(Outcome.TIMEOUT)
-    assert pool.statuses()[0].health is Health.HEALTHY
+    await pool.settled()
+    assert pool.status("a").health is Health.HEALTHY
+    assert pool.cooling_for("a") == 0

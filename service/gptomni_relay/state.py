@@ -191,7 +191,7 @@ def build_key_limiter(settings: RelaySettings, store: SharedStore | None, replic
 def build_pool(settings: RelaySettings, store: SharedStore | None = None, replica_id: str | None = None,
                clock: Callable[[], float] = time.monotonic) -> Pool:
     """In-process, or shared by every replica through Redis when GPTOMNI_REDIS_URL is set.
-    `clock` times the in-process pool's cooldowns (tests pass a fake one)."""
+    `clock` times the pool's own cooldowns (tests pass a fake one); the store's run on Redis's clock."""
     store = store if store is not None else connect_store(settings)
     if store is None:
         # Without a shared store each replica keeps to its share of every cookie's limit, so
@@ -208,6 +208,7 @@ def build_pool(settings: RelaySettings, store: SharedStore | None = None, replic
         cooldown_base_seconds=settings.cooldown_base_seconds,
         cooldown_max_seconds=settings.cooldown_max_seconds,
         store_address=printable_url(settings.redis_url or ""),
+        clock=clock,
     )
 
 

@@ -1,9 +1,8 @@
 """The credential pool: which cookie serves the next request, and what upstream said of each.
 
-Selection is least-in-flight per unit of weight among usable credentials, capped by each
-credential's maxConcurrency. Upstream verdicts change state: 401/403 eject a credential,
-429 and Cloudflare challenges cool it down with exponential backoff (or the upstream's
-Retry-After). Everything here runs on the event loop thread; no locks are needed.
+The rules (selection, what a verdict does, cooldowns, refusals) are core/pool_policy.py's;
+this module keeps the state they apply to. Everything here runs on the event loop thread;
+no locks are needed.
 
 `Pool` is what the rest of the relay uses. `CredentialPool` is the in-process pool (one
 replica, the demo); `shared_pool.SharedCredentialPool` holds the same state for every
@@ -21,14 +20,9 @@ from enum import StrEnum
 from typing import Protocol
 
 from gptomni_common.upstream.protocol import Outcome
-from gptomni_relay.core.errors import (
-    AllBusy,
-    AllChallenged,
-    AllCoolingDown,
-    NoCredentials,
-    NothingLeftToTry,
-    PoolUnavailable,
-)
+from gptomni_relay.core import pool_policy
+from gptomni_relay.core.errors import AllBusy, AllChallenged, AllCoolingDown, PoolUnavailable
+from gptomni_relay.core.pool_policy import Cooldowns, Effect
 
 
 @dataclass(frozen=True)
@@ -151,8 +145,7 @@ class CredentialPool:
         clock: Callable[[], float] = time.monotonic,
         limit: Callable[[Credential], int] | None = None,
     ) -> None:
-        self._cooldown_base = cooldown_base_seconds
-        self._cooldown_max = cooldown_max_seconds
+        self._cooldowns = Cooldowns.from_seconds(cooldown_base_seconds, cooldown_max_seconds)
         self._clock = clock
         self._limit = limit or (lambda credential: credential.max_concurrency)
         self._slots: dict[str, Slot] = {}
@@ -220,24 +213,16 @@ class CredentialPool:
                 self._waiters.remove(waiter)
 
     def try_acquire(self, exclude: frozenset[str] | set[str] = frozenset()) -> Lease:
-        now = self._clock()
         slots = list(self._slots.values())
         # Start the scan at a rotating offset so that ties spread across credentials.
         start = next(self._rotation) % len(slots) if slots else 0
-        best: Slot | None = None
-        best_load = float("inf")
-        for i in range(len(slots)):
-            slot = slots[(start + i) % len(slots)]
-            if slot.credential.id in exclude or slot.health(now) is not Health.HEALTHY:
-                continue
-            if slot.in_flight >= self._limit(slot.credential):
-                continue
-            load = slot.in_flight / slot.credential.weight
-            if load < best_load:
-                best, best_load = slot, load
+        best = pool_policy.pick(slots, start, exclude, self._clock(), self._limit_of)
         if best is None:
             raise self.why_unavailable(exclude) or AllBusy("every credential is at its concurrency limit")
         return self.take(best)
+
+    def _limit_of(self, slot: Slot) -> int:
+        return self._limit(slot.credential)
 
     def take(self, slot: Slot) -> Lease:
         """A lease on `slot` whatever its load: the shared pool has already counted it."""
@@ -255,22 +240,9 @@ class CredentialPool:
 
     def why_unavailable(self, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable | None:
         """Why nothing could be leased (ignoring `exclude`d ids), or None if something could."""
-        now = self._clock()
-        if not self._slots:
-            return NoCredentials("no credentials are configured")
-        usable = [s for s in self._slots.values() if not s.ejected]
-        if not usable:
-            return NoCredentials("every credential was rejected by the upstream")
-        untried = [s for s in usable if s.credential.id not in exclude]
-        if not untried:
-            return NothingLeftToTry("every usable credential was already tried")
-        healthy = [s for s in untried if s.health(now) is Health.HEALTHY]
-        if not healthy:
-            return self.explained(AllCoolingDown(retry_after=max(1.0, min(s.cooling_until - now for s in untried))),
-                                  exclude)
-        if all(s.in_flight >= self._limit(s.credential) for s in healthy):
-            return AllBusy("every credential is at its concurrency limit")
-        return None
+        found = pool_policy.refusal(pool_policy.tally(list(self._slots.values()), exclude, self._clock(),
+                                                      self._limit_of))
+        return self.explained(found, exclude) if found is not None else None
 
     def explained(self, refusal: PoolUnavailable, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable:
         """`refusal`, or AllChallenged when every credential it found cooling was cooled by a
@@ -288,19 +260,15 @@ class CredentialPool:
     # --- verdicts ------------------------------------------------------------------
 
     def _record(self, slot: Slot, outcome: Outcome, retry_after: float | None) -> None:
-        if outcome is Outcome.OK:
+        effect = pool_policy.effect_of(outcome)
+        if effect is Effect.CLEAR_STRIKES:
             slot.strikes = 0
             slot.cooled_by = None
-        elif outcome is Outcome.UNAUTHORIZED:
+        elif effect is Effect.EJECT:
             slot.ejected = True
-        elif outcome in (Outcome.RATE_LIMITED, Outcome.CHALLENGE):
+        elif effect is Effect.COOL_DOWN:
             slot.strikes += 1
-            backoff = self._cooldown_base * 2 ** min(slot.strikes - 1, 32)
-            # The upstream's Retry-After is honoured up to our own cap: a hostile or broken
-            # upstream must not park a cookie for a day.
-            # A Retry-After of 0 must not turn a 429 into an immediate retry loop: 1 s at least.
-            asked = max(retry_after, 1.0) if retry_after is not None else backoff
-            delay = min(asked, self._cooldown_max)
+            delay = self._cooldowns.delay_ms(slot.strikes, retry_after) / 1000
             slot.cooling_until = max(slot.cooling_until, self._clock() + delay)
             slot.cooled_by = outcome
 

@@ -27,8 +27,9 @@ import contextlib
 import itertools
 import logging
 import random
+import time
 import zlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 
 from gptomni_common.upstream.protocol import Outcome
@@ -42,6 +43,7 @@ from gptomni_relay.core.pool import (
     PoolMode,
     Slot,
 )
+from gptomni_relay.core.pool_policy import Cooldowns, Effect, effect_of
 from gptomni_relay.core.shared_store import Candidate, SharedStore, Verdict, cookie_fingerprint
 
 log = logging.getLogger(__name__)
@@ -82,12 +84,13 @@ class SharedLease:
 class SharedCredentialPool:
     def __init__(self, store: SharedStore, *, replica_id: str, expected_replicas: int, lease_seconds: float,
                  sync_seconds: float, cooldown_base_seconds: float = 5.0, cooldown_max_seconds: float = 300.0,
-                 store_address: str = "") -> None:
+                 store_address: str = "", clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         store.on_connection_lost(self._store_failed)  # even an idle one: the store may have restarted
-        self._local = CredentialPool(cooldown_base_seconds, cooldown_max_seconds, limit=self._share)
-        self._cooldown_base = cooldown_base_seconds
-        self._cooldown_max = cooldown_max_seconds
+        # `clock` times the local book's cooldowns and the outage's excess window (tests
+        # pass a fake one); the store's leases and cooldowns run on Redis's own clock.
+        self._local = CredentialPool(cooldown_base_seconds, cooldown_max_seconds, clock=clock, limit=self._share)
+        self._cooldowns = Cooldowns.from_seconds(cooldown_base_seconds, cooldown_max_seconds)
         self._replica = replica_id
         self._expected_replicas = max(1, expected_replicas)
         self._lease_seconds = lease_seconds
@@ -276,13 +279,14 @@ class SharedCredentialPool:
     def _report(self, credential: Credential, outcome: Outcome, retry_after: float | None, had_strikes: bool) -> None:
         if not self._store_up:
             return  # learnt locally; put into the store when it answers again
-        if outcome is Outcome.OK:
+        effect = effect_of(outcome)
+        if effect is Effect.CLEAR_STRIKES:
             if had_strikes:
                 self._spawn(self._store.clear_strikes(credential.id))
-        elif outcome is Outcome.UNAUTHORIZED:
+        elif effect is Effect.EJECT:
             self._spawn(self._store.eject(credential.id, cookie_fingerprint(credential.cookie)))
-        elif outcome in (Outcome.RATE_LIMITED, Outcome.CHALLENGE):
-            self._spawn(self._store.cool_down(credential.id, self._cooldown_base, self._cooldown_max, retry_after))
+        elif effect is Effect.COOL_DOWN:
+            self._spawn(self._store.cool_down(credential.id, self._cooldowns, retry_after))
 
     def _forget(self, lease: SharedLease) -> None:
         self._leases.pop(lease.member, None)

@@ -16,8 +16,9 @@ Keys (all under one hash tag, so a Redis Cluster keeps them on one node):
 | `{P}:replicas` | sorted set | live replicas, scored by their heartbeat's expiry |
 
 Redis never sees a cookie: an ejection names it by `cookie_fingerprint`, so a new cookie
-for the same id is not ejected. This module speaks Redis only; policy (modes, shares,
-which lease is live) is shared_pool.py's.
+for the same id is not ejected. This module speaks Redis only: the rules its scripts apply are
+core/pool_policy.py's (the Lua takes its numbers from there), and modes, shares and
+which lease is live are shared_pool.py's.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from gptomni_relay.core.errors import AllBusy, AllCoolingDown, NoCredentials, NothingLeftToTry, PoolUnavailable
+from gptomni_relay.core import pool_policy
+from gptomni_relay.core.errors import PoolUnavailable
 from gptomni_relay.core.pipelined_connection import (
     Endpoint,
     PipelinedConnection,
@@ -38,6 +40,7 @@ from gptomni_relay.core.pipelined_connection import (
     encode_command,
     encode_parts,
 )
+from gptomni_relay.core.pool_policy import LUA_COOLDOWN_DELAY, Cooldowns, Tally
 
 VERDICT_KEEP_SECONDS = 24 * 3600  # ejections and strike counts of credentials nobody uses any more fade away
 
@@ -48,8 +51,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # KEYS: the n credentials' lease keys, then their n cooling keys, then their n ejected keys.
 # ARGV: lease_ms, member, start (0-based rotation), dry ("1": only say whether a slot is
 # free), excluded (",2,5,": 0-based indexes) -- the ACQUIRE_REQUEST_ARGUMENTS -- then per
-# credential max, weight, fingerprint. Returns {index (1-based)} or {0, usable, untried,
-# healthy, soonest cooldown end in ms}. Its cost is Lua's, per redis.call: verdicts are read
+# credential max, weight, fingerprint. Returns {index (1-based)} or {0, configured, usable,
+# untried, healthy, soonest cooldown end in ms} (pool_policy.Tally: the in-process pool's
+# pool_policy.pick and tally, over leases counted here). Its cost is Lua's, per redis.call: verdicts are read
 # with one MGET each, and leases are counted (ZCOUNT of the unexpired) rather than pruned,
 # except on the credential a lease is added to.
 ACQUIRE_REQUEST_ARGUMENTS = 5
@@ -57,7 +61,7 @@ ACQUIRE = _NOW + """
 local lease_ms = tonumber(ARGV[1])
 local n = #KEYS / 3
 local start = tonumber(ARGV[3])
-if n == 0 then return {0, 0, 0, 0, -1} end
+if n == 0 then return {0, 0, 0, 0, 0, -1} end
 local function mget(first, last)  -- in parts: unpack() has a limit (~8,000 values)
   local values = {}
   for from = first, last, 1000 do
@@ -96,7 +100,7 @@ for step = 0, n - 1 do
     end
   end
 end
-if best < 0 then return {0, usable, untried, healthy, soonest} end
+if best < 0 then return {0, n, usable, untried, healthy, soonest} end
 if ARGV[4] ~= '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[best + 1], '-inf', now)
   redis.call('ZADD', KEYS[best + 1], now + lease_ms, ARGV[2])
@@ -105,16 +109,15 @@ end
 return {best + 1}
 """
 
-# KEYS: cooling, strikes. ARGV: base_ms, max_ms, retry_after_ms (-1: none), keep_ms.
-# The same backoff as the in-process pool. A cooling key holds when it ends (ms, Redis's
-# clock: ACQUIRE reads them all with one MGET) and expires then. Returns {strikes,
-# cooldown left in ms}.
+# KEYS: cooling, strikes. ARGV: base_ms, max_ms, asked_ms (-1: none) -- pool_policy's
+# Cooldowns.lua_args -- and keep_ms. The delay is pool_policy's LUA_COOLDOWN_DELAY, the
+# in-process pool's Cooldowns.delay_ms over the strikes counted here. A cooling key holds
+# when it ends (ms, Redis's clock: ACQUIRE reads them all with one MGET) and expires then;
+# a cooldown only grows. Returns {strikes, cooldown left in ms}.
 COOL_DOWN = _NOW + """
 local strikes = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-local delay = tonumber(ARGV[3])
-if delay < 0 then delay = tonumber(ARGV[1]) * 2 ^ math.min(strikes - 1, 32) end
-delay = math.floor(math.min(delay, tonumber(ARGV[2])))
+""" + LUA_COOLDOWN_DELAY + """
 local left = redis.call('PTTL', KEYS[1])
 if delay > 0 and delay > left then
   redis.call('SET', KEYS[1], now + delay, 'PX', delay)
@@ -246,18 +249,10 @@ def picked_or_refusal(reply: list[int]) -> int | PoolUnavailable:
     """The acquire script's reply: the index it took a slot on, or why it took none."""
     if reply[0]:
         return int(reply[0]) - 1
-    return refusal(*(int(n) for n in reply[1:]))
-
-
-def refusal(usable: int, untried: int, healthy: int, soonest_ms: int) -> PoolUnavailable:
-    """The in-process pool's reasons, in its order (CredentialPool.why_unavailable)."""
-    if usable == 0:
-        return NoCredentials("every credential was rejected by the upstream")
-    if untried == 0:
-        return NothingLeftToTry("every usable credential was already tried")
-    if healthy == 0:
-        return AllCoolingDown(retry_after=max(1.0, soonest_ms / 1000))
-    return AllBusy("every credential is at its concurrency limit")
+    configured, usable, untried, healthy, soonest_ms = (int(n) for n in reply[1:])
+    found = pool_policy.refusal(Tally(configured, usable, untried, healthy, free=0, soonest_ms=soonest_ms))
+    assert found is not None  # noqa: S101 - free=0: there is always a reason
+    return found
 
 
 class Script:
@@ -400,12 +395,11 @@ class SharedStore:
 
     # --- verdicts ------------------------------------------------------------------
 
-    async def cool_down(self, credential_id: str, base_seconds: float, max_seconds: float,
-                        retry_after: float | None) -> float:
-        """Counts a rate limit and cools the credential down; returns the seconds left."""
+    async def cool_down(self, credential_id: str, cooldowns: Cooldowns, retry_after: float | None) -> float:
+        """Counts a rate limit and cools the credential down (pool_policy's rules); returns
+        the seconds left."""
         keys = [self._key("cooling", credential_id), self._key("strikes", credential_id)]
-        retry_ms = -1 if retry_after is None else max(0, round(retry_after * 1000))
-        args = [round(base_seconds * 1000), round(max_seconds * 1000), retry_ms, VERDICT_KEEP_SECONDS * 1000]
+        args = [*cooldowns.lua_args(retry_after), VERDICT_KEEP_SECONDS * 1000]
         _, left_ms = await self._call(self._cool_down, keys, args)
         return int(left_ms) / 1000
 
