@@ -18,10 +18,26 @@ if ! podman image exists "$BASE_IMAGE"; then
     exit 1
 fi
 build=(podman build --quiet --pull=never --format docker --network host -f Dockerfile)
+stage=localhost/gptomni-build-stage:latest
+# The images the two tags name now: once the build moved the tags on, those are what this
+# script made last time, and the only ones it removes (with their untagged intermediate
+# images). No prune: on a shared machine that would reach other builds' intermediate
+# images, mid-build, and fail on any image a container still uses.
+replaced=()
+for name in "$stage" "$tag"; do
+    if id="$(podman image inspect --format '{{.Id}}' "$name" 2>/dev/null)"; then
+        replaced+=("$id")
+    fi
+done
 # The build stage gets a tag of its own, so it stays the layer cache of the next build
-# (the slow step, pip) while the prune below drops what older builds left behind: only
-# untagged images made on the stand-in base (it labels them), nothing of anyone else's.
-"${build[@]}" --target build -t localhost/gptomni-build-stage:latest . >/dev/null
+# (the slow step, pip).
+"${build[@]}" --target build -t "$stage" . >/dev/null
 "${build[@]}" -t "$tag" . >/dev/null
-podman image prune --force --filter label=org.gptomni.stand-in >/dev/null
+# Best-effort: an old image still tagged (unchanged, or tagged by someone else) or used by
+# a container stays, and the build is not failed for it.
+for id in "${replaced[@]}"; do
+    if [[ "$(podman image inspect --format '{{len .RepoTags}}' "$id" 2>/dev/null)" == 0 ]]; then
+        podman image rm "$id" >/dev/null 2>&1 || echo "build-image: kept the replaced image ${id:0:12} (still in use)" >&2
+    fi
+done
 echo "$tag"

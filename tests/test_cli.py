@@ -17,7 +17,10 @@ import httpx
 import openai
 import pytest
 
+from gptomni_relay.server import serve_app
 from gptomni_relay.settings import DEMO_API_KEY
+from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
+from tests.harness import BackgroundLoop
 from tests.processes import relay_process
 
 STREAMS = 200
@@ -141,42 +144,52 @@ def test_refuses_to_start_without_an_api_key() -> None:
     assert "no API key configured" in result.stderr
 
 
-def test_200_concurrent_streams_through_one_process() -> None:
-    """≥200 streams against a slow upstream are all open at once in one relay process."""
-    env = {
-        "GPTOMNI_DEMO_FIRST_BYTE_DELAY_SECONDS": "0.5",
-        "GPTOMNI_DEMO_TOKEN_DELAY_SECONDS": "0.1",
-        "GPTOMNI_DEMO_ANSWER_WORDS": "10",
-    }
-    with relay_process("--demo", env=env) as relay:
+def test_200_concurrent_streams_through_one_process(servers: BackgroundLoop) -> None:
+    """≥200 streams are all open at once in one relay process: GPT-Omni holds every answer
+    after its first piece until all of them are open there and each client has its first
+    piece. Serialised handling (a blocking call, a small thread pool) never gets there.
+    Nothing is timed: only the bound on the whole run, which a working relay is far from."""
+    hold = asyncio.Event()
+    sim = SimulatorState(default=Behaviour(answer_words=10, hold=hold))
+    upstream = servers.enter(serve_app(build_simulator_app(sim), quiet=True))
+    env = {"GPTOMNI_UPSTREAM_URL": upstream.url, "GPTOMNI_API_KEYS": "sk-cli-streams",
+           "GPTOMNI_CREDENTIALS": '["session=streams"]', "GPTOMNI_DEFAULT_MAX_CONCURRENCY": str(2 * STREAMS)}
+    with relay_process(env=env) as relay:
 
-        async def run_streams() -> list[tuple[float, float, str]]:
+        async def run_streams() -> list[str]:
             # The SDK's aiohttp transport: httpx's pool would make the *client* the bottleneck.
-            async with openai.AsyncOpenAI(base_url=f"{relay.url}/v1", api_key=DEMO_API_KEY, max_retries=0,
+            async with openai.AsyncOpenAI(base_url=f"{relay.url}/v1", api_key="sk-cli-streams", max_retries=0,
                                           http_client=openai.DefaultAioHttpClient(timeout=60)) as client:
+                first_pieces = 0
+                all_started = asyncio.Event()
 
-                async def one() -> tuple[float, float, str]:
-                    """When the first piece came, when the stream ended, and the text."""
+                async def one() -> str:
+                    nonlocal first_pieces
                     stream = await client.chat.completions.create(
                         model="gptomni", messages=[{"role": "user", "content": "go"}], stream=True
                     )
-                    pieces, first = [], 0.0
+                    pieces: list[str] = []
                     async for chunk in stream:
-                        if chunk.choices:
-                            first = first or time.monotonic()
-                            pieces.append(chunk.choices[0].delta.content or "")
-                    return first, time.monotonic(), "".join(pieces)
+                        if chunk.choices and chunk.choices[0].delta.content:
+                            if not pieces:
+                                first_pieces += 1
+                                if first_pieces == STREAMS:
+                                    all_started.set()
+                            pieces.append(chunk.choices[0].delta.content)
+                    return "".join(pieces)
 
-                return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(STREAMS))), timeout=60)
+                async def release_when_all_open() -> None:
+                    await all_started.wait()
+                    assert sim.active == STREAMS and sim.completed == 0  # all open at GPT-Omni too
+                    servers.loop.call_soon_threadsafe(hold.set)
 
-        streams = asyncio.run(run_streams())
-    answers = [text for _, _, text in streams]
+                async with asyncio.timeout(120):
+                    *answers, _ = await asyncio.gather(*(one() for _ in range(STREAMS)), release_when_all_open())
+                return answers
+
+        answers = asyncio.run(run_streams())
     assert len(answers) == STREAMS and set(answers) == {answers[0]} and answers[0].endswith("answer back.")
-    # Every stream had its first piece before any stream ended: all were open together.
-    # Serialised handling (a blocking call, a small thread pool) cannot do that.
-    last_first_piece = max(first for first, _, _ in streams)
-    first_end = min(end for _, end, _ in streams)
-    assert last_first_piece < first_end
+    assert sim.completed == STREAMS
 
 
 def test_sigterm_drains_open_streams() -> None:

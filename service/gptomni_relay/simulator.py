@@ -76,6 +76,9 @@ class Behaviour:
     content_type: str = "text/plain; charset=utf-8"
     raw_body: bytes | None = None
     content_encoding: str | None = None
+    # Tests: after its first piece the answer waits for this event (set in the simulator's
+    # loop), so that answers are shown to be open at once without timing them.
+    hold: asyncio.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,8 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
             for index, match in enumerate(_WORDS.finditer(answer)):
                 if behaviour.cut_after is not None and index >= behaviour.cut_after:
                     raise SimulatedCut("simulated mid-stream cut")
+                if index == 1 and behaviour.hold is not None:
+                    await behaviour.hold.wait()
                 if index and behaviour.token_delay:
                     await asyncio.sleep(behaviour.token_delay)
                 stamp = f"[{arrived:.6f} {time.monotonic():.6f}] " if behaviour.stamp_times and not index else ""
