@@ -6,7 +6,7 @@ no locks are needed.
 
 `Pool` is what the rest of the relay uses. `CredentialPool` is the in-process pool (one
 replica, the demo); `shared_pool.SharedCredentialPool` holds the same state for every
-replica in a shared store and keeps a `CredentialPool` as its local book and fallback.
+replica in a shared store and keeps a `CredentialPool` as its lease ledger.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ class Lease:
 
 class CredentialPool:
     """The in-process pool. `limit` caps each credential's in-flight count (default: its
-    maxConcurrency; the shared pool's fallback passes this replica's share)."""
+    maxConcurrency; without a shared store, each replica's share). The shared pool keeps
+    one as its lease ledger (take, release, verdicts) and applies its own mode's limits."""
 
     def __init__(
         self,

@@ -10,14 +10,17 @@ A slot is a lease with an expiry. The replica renews its leases (and its heartbe
 sync tick, so a stream that runs for minutes keeps its slot while a replica that dies
 stops renewing, and its slots come back within the lease time.
 
-The local `CredentialPool` stays the book of this replica's own leases and mirrors the
-store's verdicts (for metrics and readiness). When the store does not answer, it is also
-the fallback: this replica then leases only its share of each cookie,
+The local `CredentialPool` is this replica's lease ledger: its own leases, and the
+store's verdicts mirrored (for metrics and readiness). The modes — shared, settling,
+fallback with its share table — and the one function that moves between them are
+shared_modes.py's; this module does the I/O around them. When the store does not answer,
+this replica leases from its ledger only its share of each cookie,
 `maxConcurrency // replicas`, the remainder going to the first replicas in a rotation
 that differs per cookie, so the shares never add up to more than the limit
 (docs/shared-pool.md). The sync tick keeps trying the store; when it answers, this replica
-puts its live leases and what it learnt meanwhile back into the store, waits one more
-tick (so that the other replicas have done the same) and returns to shared mode.
+puts its live leases and what it learnt meanwhile back into the store, settles (acquiring
+through the store, still within its share) until the other replicas have done the same,
+and returns to shared mode.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ import itertools
 import logging
 import random
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from functools import partial
 
 from gptomni_common.upstream.protocol import Outcome
+from gptomni_relay.core import pool_policy
 from gptomni_relay.core.errors import AllBusy, NoCredentials, PoolUnavailable
 from gptomni_relay.core.pipelined_connection import StoreUnavailable
 from gptomni_relay.core.pool import (
@@ -44,7 +48,21 @@ from gptomni_relay.core.pool import (
     Slot,
 )
 from gptomni_relay.core.pool_policy import Cooldowns, Effect, effect_of
-from gptomni_relay.core.shared_store import Candidate, SharedStore, Verdict, cookie_fingerprint
+from gptomni_relay.core.shared_modes import (
+    Event,
+    Fallback,
+    HeartbeatLost,
+    Mode,
+    Observed,
+    Rejoined,
+    Settled,
+    Settling,
+    Shared,
+    Shares,
+    StoreFailed,
+    transition,
+)
+from gptomni_relay.core.shared_store import Candidate, SharedStore, cookie_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +107,18 @@ class SharedCredentialPool:
         store.on_connection_lost(self._store_failed)  # even an idle one: the store may have restarted
         # `clock` times the local book's cooldowns and the outage's excess window (tests
         # pass a fake one); the store's leases and cooldowns run on Redis's own clock.
-        self._local = CredentialPool(cooldown_base_seconds, cooldown_max_seconds, clock=clock, limit=self._share)
+        # The local pool is this replica's lease ledger (and, in fallback, what it leases
+        # from); the share a credential allows is the mode's (shared_modes.py).
+        self._local = CredentialPool(cooldown_base_seconds, cooldown_max_seconds, clock=clock)
         self._cooldowns = Cooldowns.from_seconds(cooldown_base_seconds, cooldown_max_seconds)
         self._replica = replica_id
-        self._expected_replicas = max(1, expected_replicas)
         self._lease_seconds = lease_seconds
         self._sync_seconds = sync_seconds
         self._address = store_address
-        self._mode = PoolMode.FALLBACK
-        self._store_up = False
+        self._mode: Mode = Fallback(Shares(replica_id, max(1, expected_replicas)))
         self._in_outage = False  # logged once per outage
-        self._settle_until: float | None = None  # back in the store: shared mode from this loop time
-        self._replicas: list[str] = []  # live replicas, sorted, as last seen in the store
-        # The live replicas when it was last in shared mode; kept until it is shared again.
-        self._replicas_before_outage: list[str] | None = None
         self._registered_on_return = 0
         self._settling = asyncio.Lock()
-        self._rank: int | None = None  # this replica's place among them
-        self._others_excess: dict[str, int] = {}  # credential -> leases other replicas hold beyond their shares
-        self._excess_until = 0.0  # in an outage: until then, that excess counts against this replica's share
         self._leases: dict[str, SharedLease] = {}  # member -> this replica's live leases
         self._unreleased: set[tuple[str, str]] = set()  # released while the store was out of reach
         self._registering = False
@@ -123,11 +134,16 @@ class SharedCredentialPool:
 
     @property
     def mode(self) -> PoolMode:
-        return self._mode
+        return self._mode.pool_mode
 
     @property
     def store_up(self) -> bool:
-        return self._store_up
+        return self._mode.store_up
+
+    @property
+    def state(self) -> Mode:
+        """The mode with its share table (shared_modes.py)."""
+        return self._mode
 
     @property
     def replica_id(self) -> str:
@@ -147,14 +163,14 @@ class SharedCredentialPool:
         return self._local.total_in_flight()
 
     def share(self, credential: Credential) -> int:
-        return self._share(credential)
+        """This replica's limit on `credential` in its mode (what a share would be, when shared)."""
+        return self._mode.limit(credential, self._local.now())
 
     # --- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
         await self.sync_once()
-        if self._store_up and not self._leases:
-            self._enter_shared("shared pool store reachable: cluster-wide limits")
+        self._move(Settled(self._local.now(), all_registered=not self._leases, at_start=True))
         self._syncer = asyncio.create_task(self._sync_forever(), name="shared-pool-sync")
 
     async def stop(self) -> None:
@@ -164,7 +180,7 @@ class SharedCredentialPool:
                 await self._syncer
             self._syncer = None
         await self.flush(STOP_FLUSH_SECONDS)
-        if self._store_up:
+        if self.store_up:
             leftovers = {(lease.key, lease.member) for lease in self._leases.values() if lease.registered}
             with contextlib.suppress(StoreUnavailable):
                 await self._store.release_all(leftovers | self._unreleased)
@@ -190,7 +206,7 @@ class SharedCredentialPool:
 
     def reinstate(self, credential_id: str) -> None:
         self._local.reinstate(credential_id)
-        if self._store_up:
+        if self.store_up:
             self._spawn(self._store.reinstate(credential_id))
 
     # --- selection -----------------------------------------------------------------
@@ -199,30 +215,47 @@ class SharedCredentialPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         while True:
-            shared = self._store_up
+            mode = self._mode
             try:
-                if self._mode is PoolMode.SHARED:
+                if isinstance(mode, Shared):
                     return await self._acquire_shared(exclude)
-                if self._store_up:  # settling: in the store, and within this replica's share
+                if isinstance(mode, Settling):  # in the store, and within this replica's share
                     # One at a time, so that each counts the ones before it (in the local book).
                     async with self._settling:
-                        if self._mode is PoolMode.SHARED:
+                        if isinstance(self._mode, Shared):
                             return await self._acquire_shared(exclude)
-                        if self._store_up:
+                        if isinstance(self._mode, Settling):
                             return await self._acquire_shared(exclude, self._at_share())
                     continue  # the store went away meanwhile
-                return self._adopt(self._local.try_acquire(exclude))
+                return self._adopt(self._acquire_in_fallback(exclude))
             except StoreUnavailable:
                 continue  # now in fallback: try again there at once
             except AllBusy:
                 if loop.time() >= deadline:
                     raise
             wake_at = deadline
-            if shared:
+            if mode.store_up:
                 wake_at = min(deadline, loop.time() + WAIT_POLL_SECONDS * (0.5 + random.random()))
-            elif self._local.now() < self._excess_until:  # the share grows then
-                wake_at = min(deadline, loop.time() + self._excess_until - self._local.now())
+            elif isinstance(mode, Fallback) and self._local.now() < mode.excess_until:  # the share grows then
+                wake_at = min(deadline, loop.time() + mode.excess_until - self._local.now())
             await self._local.wait_for_change(wake_at)
+
+    def _limit(self, slot: Slot) -> int:
+        return self._mode.limit(slot.credential, self._local.now())
+
+    def _acquire_in_fallback(self, exclude: frozenset[str] | set[str]) -> Lease:
+        """A lease from the local ledger, within this replica's share (pool_policy's rules)."""
+        slots = self._local.slots()
+        start = next(self._rotation) % len(slots) if slots else 0
+        now = self._local.now()
+        best = pool_policy.pick(slots, start, exclude, now, self._limit)
+        if best is None:
+            raise self._fallback_refusal(exclude) or AllBusy("every credential is at its concurrency limit")
+        return self._local.take(best)
+
+    def _fallback_refusal(self, exclude: frozenset[str] | set[str]) -> PoolUnavailable | None:
+        found = pool_policy.refusal(pool_policy.tally(self._local.slots(), exclude, self._local.now(), self._limit))
+        return self._local.explained(found, exclude) if found is not None else None
 
     async def _acquire_shared(self, exclude: frozenset[str] | set[str], at_share: frozenset[str] = frozenset()) -> SharedLease:
         slots, candidates, prepared = self._slots, self._candidates, self._prepared
@@ -255,7 +288,7 @@ class SharedCredentialPool:
         return lease
 
     def _at_share(self) -> frozenset[str]:
-        return frozenset(s.credential.id for s in self._slots if s.in_flight >= self._share(s.credential))
+        return frozenset(s.credential.id for s in self._slots if s.in_flight >= self._limit(s))
 
     def _abandoned(self, candidates: list[Candidate], member: str, call: asyncio.Future[int | PoolUnavailable]) -> None:
         if call.cancelled() or call.exception() is not None:
@@ -265,19 +298,19 @@ class SharedCredentialPool:
             self._release_in_store(self._store.lease_key(candidates[picked].id), member)
 
     async def unavailability(self, exclude: frozenset[str] | set[str] = frozenset()) -> PoolUnavailable | None:
-        if self._mode is PoolMode.SHARED and self._slots:
+        if isinstance(self._mode, Shared) and self._slots:
             try:
                 found = await self._store.acquire(self._prepared, exclude, "", 0, dry=True)
             except StoreUnavailable as exc:
                 self._store_failed(exc)
             else:
                 return self._local.explained(found, exclude) if isinstance(found, PoolUnavailable) else None
-        return self._local.why_unavailable(exclude)
+        return self._fallback_refusal(exclude)
 
     # --- what the leases tell the store --------------------------------------------
 
     def _report(self, credential: Credential, outcome: Outcome, retry_after: float | None, had_strikes: bool) -> None:
-        if not self._store_up:
+        if not self.store_up:
             return  # learnt locally; put into the store when it answers again
         effect = effect_of(outcome)
         if effect is Effect.CLEAR_STRIKES:
@@ -295,7 +328,7 @@ class SharedCredentialPool:
             return
         if not lease.registered:
             return
-        if not self._store_up:
+        if not self.store_up:
             self._unreleased.add((lease.key, lease.member))
             return
         self._release_in_store(lease.key, lease.member)
@@ -348,7 +381,7 @@ class SharedCredentialPool:
         """Heartbeat, lease renewal and the store's verdicts; after an outage, rejoining."""
         credentials = [(c.id, c.fingerprint) for c in self._candidates]
         try:
-            if not self._store_up:
+            if isinstance(self._mode, Fallback):
                 # Leases first, heartbeat after: a replica alive in the store has its leases there.
                 await self._rejoin()
             leases = [(lease.key, lease.member) for lease in self._leases.values() if lease.registered]
@@ -358,53 +391,40 @@ class SharedCredentialPool:
                 log.info("shared pool store reachable again: leases re-registered; cluster-wide limits once the "
                          "other replicas are back", extra={"store": self._address, "leases": self._registered_on_return,
                                                             "replicas": len(snapshot.replicas)})
-            before, self._replicas = self._replicas, sorted(snapshot.replicas)
-            self._rank = self._rank_in(self._replicas)
-            if self._mode is PoolMode.SHARED and not snapshot.heartbeat_was_alive:
-                self._replicas_before_outage = before
-                await self._rejoin()  # the store restarted (or this process stalled) unnoticed
+            replicas = tuple(sorted(snapshot.replicas))
+            if isinstance(self._mode, Shared) and not snapshot.heartbeat_was_alive:
+                log.warning("shared pool: this replica's heartbeat had expired in the store (store restarted, or "
+                            "this process stalled); re-registering its leases", extra={"store": self._address})
+                self._move(HeartbeatLost(self._local.now(), self._lease_seconds))
+                self._move(Observed(replicas, self._mode.shares.others_excess))
+                await self._rejoin()
                 return  # the snapshot predates what was just put back
             for credential_id, verdict in snapshot.verdicts.items():
                 self._local.mirror(credential_id, verdict.ejected, verdict.cooling_for, verdict.strikes)
-            self._others_excess = self._excess_of_others(snapshot.verdicts)
-            if self._mode is PoolMode.FALLBACK and self._settle_until is not None:
-                await self._finish_settling()
+            seen = replace(self._mode.shares, replicas=replicas)
+            by_id = {slot.credential.id: slot.credential for slot in self._slots}
+            excess = seen.excess_of({cid: v.held_by_others for cid, v in snapshot.verdicts.items()}, by_id)
+            self._move(Observed(replicas, excess))
+            if isinstance(self._mode, Settling) and self._mode.may_end(self._local.now()):
+                await self._register_pending()
+                # Leases taken in fallback during that await are not in the store yet: next tick.
+                self._move(Settled(self._local.now(), all(lease.registered for lease in self._leases.values())))
         except StoreUnavailable as exc:
             self._store_failed(exc)
 
     async def _rejoin(self) -> None:
         """Puts this replica's live leases and the verdicts it learnt while away into the
-        store (whether the store lost them or not), then settles for one tick in fallback."""
-        loop = asyncio.get_running_loop()
-        if self._mode is PoolMode.SHARED:
-            log.warning("shared pool: this replica's heartbeat had expired in the store (store restarted, or "
-                        "this process stalled); re-registering its leases", extra={"store": self._address})
-            self._mode = PoolMode.FALLBACK
+        store (whether the store lost them or not), then settles (shared_modes.Settling)."""
         for lease in self._leases.values():
             lease.registered = False
         now = self._local.now()
         cooling = [(s.credential.id, s.cooling_until - now) for s in self._local.slots() if s.cooling_until > now]
         ejected = [(s.credential.id, cookie_fingerprint(s.credential.cookie)) for s in self._local.slots() if s.ejected]
         registered = await self._register_pending(cooling, ejected, always=True)  # a round trip, even if empty
-        self._store_up = True  # from here on, acquires go through the store (within the share)
+        # From here on, acquires go through the store (within the share).
+        self._move(Rejoined(self._local.now(), self._sync_seconds, self._lease_seconds))
         registered += await self._register_pending()  # those taken in fallback during that await
-        self._settle_until = loop.time() + self._sync_seconds * 1.5
         self._registered_on_return = registered
-
-    async def _finish_settling(self) -> None:
-        """Back to shared mode once every replica has had a tick to rejoin: at least 1.5
-        ticks, and until the replicas alive before the outage are alive in the store again
-        (so their leases are there too), or one lease time more (a replica that died)."""
-        now = asyncio.get_running_loop().time()
-        if now < self._settle_until:  # type: ignore[operator]
-            return
-        peers_back = set(self._replicas_before_outage or ()) - {self._replica} <= set(self._replicas)
-        if not peers_back and now < self._settle_until + self._lease_seconds:  # type: ignore[operator]
-            return
-        await self._register_pending()
-        # Leases taken in fallback during that await are not in the store yet: next tick.
-        if all(lease.registered for lease in self._leases.values()):
-            self._enter_shared("shared pool store answers again: back to cluster-wide limits")
 
     async def _register_pending(self, cooling: list[tuple[str, float]] | None = None,
                                 ejected: list[tuple[str, str]] | None = None, always: bool = False) -> int:
@@ -427,77 +447,25 @@ class SharedCredentialPool:
                 raise
         return len(pending)
 
-    def _enter_shared(self, message: str) -> None:
-        self._mode = PoolMode.SHARED
-        self._settle_until = None
-        self._replicas_before_outage = None
-        log.info(message, extra={"store": self._address, "replica": self._replica, "replicas": len(self._replicas)})
-        self._local.wake_waiters()
+    def _move(self, event: Event) -> None:
+        """The one place the mode changes (shared_modes.transition); its effects here."""
+        before, self._mode = self._mode, transition(self._mode, event)
+        if isinstance(self._mode, Shared) and not isinstance(before, Shared):
+            message = ("shared pool store reachable: cluster-wide limits" if isinstance(event, Settled) and event.at_start
+                       else "shared pool store answers again: back to cluster-wide limits")
+            log.info(message, extra={"store": self._address, "replica": self._replica,
+                                     "replicas": len(self._mode.shares.replicas)})
+            self._local.wake_waiters()
 
     def _store_failed(self, exc: StoreUnavailable) -> None:
-        if self._mode is PoolMode.SHARED:
-            self._replicas_before_outage = list(self._replicas)
-        self._store_up = False
-        self._mode = PoolMode.FALLBACK
-        self._settle_until = None
+        self._move(StoreFailed(self._local.now(), self._lease_seconds))
         if not self._in_outage:
             self._in_outage = True
-            self._excess_until = self._local.now() + self._lease_seconds
             # The connection may be stale, or to a node that stopped being the primary.
             self._store.reconnect()
             log.warning(
                 "shared pool store unreachable: this replica serves within its share of each credential until "
                 "the store answers again",
-                extra={"store": self._address, "error": str(exc), "replicas_assumed": self._replica_count(),
-                       "shares": {s.credential.id: self._share(s.credential) for s in self._slots}},
+                extra={"store": self._address, "error": str(exc), "replicas_assumed": self._mode.shares.count(),
+                       "shares": {s.credential.id: self._limit(s) for s in self._slots}},
             )
-
-    # --- fallback shares ---------------------------------------------------------------
-
-    def _replica_count(self, replicas: list[str] | None = None) -> int:
-        return max(self._expected_replicas, len(self._replicas if replicas is None else replicas))
-
-    def _rank_in(self, replicas: list[str]) -> int | None:
-        return replicas.index(self._replica) if self._replica in replicas else None
-
-    def _share_of_rank(self, credential: Credential, rank: int | None, replicas: int | None = None) -> int:
-        """A replica's share of a credential: the floor of maxConcurrency / replicas, plus
-        one of the remainder's slots if the replica's rank (among those last seen in the
-        store) is one that the rotation, which starts at a different rank for each
-        credential, gives them to. The shares add up to maxConcurrency at most."""
-        replicas = replicas or self._replica_count()
-        share, remainder = divmod(credential.max_concurrency, replicas)
-        if remainder and rank is not None:
-            offset = zlib.crc32(credential.id.encode("utf-8")) % replicas
-            if (rank - offset) % replicas < remainder:
-                share += 1
-        return share
-
-    def _share(self, credential: Credential) -> int:
-        """This replica's limit while the store is out of reach: its share, less what the
-        other replicas held beyond theirs when it last looked. Requests they took in shared
-        mode run on after the store goes away; like a lease nobody renews, that excess
-        counts for one lease time from the start of the outage (docs/shared-pool.md).
-        Until it is shared again, the smaller of its shares as it saw the replicas before
-        the outage and as it sees them now: the others may still count on the old view."""
-        share = self._share_of_rank(credential, self._rank)
-        before = self._replicas_before_outage
-        if before is not None and self._mode is not PoolMode.SHARED:
-            share = min(share, self._share_of_rank(credential, self._rank_in(before), self._replica_count(before)))
-        if self._store_up or self._local.now() < self._excess_until:
-            share -= self._others_excess.get(credential.id, 0)
-        return max(0, share)
-
-    def _excess_of_others(self, verdicts: dict[str, Verdict]) -> dict[str, int]:
-        ranks = {replica: rank for rank, replica in enumerate(self._replicas)}
-        excess: dict[str, int] = {}
-        for slot in self._slots:
-            held = verdicts.get(slot.credential.id)
-            if held is None:
-                continue
-            # A replica no longer alive in the store has no share: all it holds is excess.
-            over = sum(max(0, leases - (self._share_of_rank(slot.credential, ranks[replica]) if replica in ranks else 0))
-                       for replica, leases in held.held_by_others.items())
-            if over:
-                excess[slot.credential.id] = over
-        return excess
