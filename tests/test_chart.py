@@ -420,15 +420,16 @@ def relay_env(values: dict[str, Any]) -> dict[str, Any]:
 
 def test_shared_pool_settings_reach_the_relay() -> None:
     assert "GPTOMNI_REDIS_URL" not in relay_env({})  # off by default: the in-process pool
-    assert relay_env({})["GPTOMNI_REPLICAS"] == "3"  # which keeps to a third of each limit: 2 pods + 1 surging
+    # A quarter of each limit per pod: 2 new pods serving while 2 old ones still drain.
+    assert relay_env({})["GPTOMNI_REPLICAS"] == "4"
     existing = relay_env({"relay": {"replicas": 3, "sharedPool": {
         "enabled": True, "redisUrl": "redis://redis.cache.svc:6379/2", "passwordSecret": {"name": "cache-auth"}}}})
     assert existing["GPTOMNI_REDIS_URL"] == "redis://redis.cache.svc:6379/2"
     assert existing["GPTOMNI_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "cache-auth", "key": "redis-password"}}
-    assert existing["GPTOMNI_REPLICAS"] == "4" and existing["GPTOMNI_POOL_LEASE_SECONDS"] == "10"
+    assert existing["GPTOMNI_REPLICAS"] == "6" and existing["GPTOMNI_POOL_LEASE_SECONDS"] == "10"
     scaled = relay_env({"relay": {"autoscaling": {"enabled": True, "maxReplicas": 7},
                                   "sharedPool": {"enabled": True, "redisUrl": "redis://r:6379/0"}}})
-    assert scaled["GPTOMNI_REPLICAS"] == "8"  # shares divide by the most pods there can be (+1 in a rollout)
+    assert scaled["GPTOMNI_REPLICAS"] == "14"  # the HPA's maximum, old and new ReplicaSet at once
     assert "GPTOMNI_REDIS_PASSWORD" not in scaled
     with pytest.raises(helm.HelmError):
         render({"relay": {"sharedPool": {"enabled": True}}})  # neither a URL nor the bundled Redis

@@ -11,6 +11,7 @@ The tests of this file share one release and run in order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -228,6 +229,65 @@ def test_a_cookies_limit_holds_with_the_chart_defaults(release: Release, upstrea
     assert upstream.sim.peak_by_session[bob] <= limit, f"peak {upstream.sim.peak_by_session[bob]} > {limit}"
     assert len(release.ready_relays()) == 3
     timings["scaling 2 -> 3: peak streams on a cookie of limit 6"] = upstream.sim.peak_by_session[bob]
+
+
+def relay_deployment(release: Release) -> dict[str, Any]:
+    deployment = release.cluster.get("deployment", f"{RELEASE}-relay", release.namespace)
+    assert deployment is not None
+    return deployment
+
+
+def settled_at(release: Release, low: int, high: int) -> int | None:
+    """The relay Deployment's replica count once it is within [low, high] and every pod of it
+    is Ready and none is terminating (a pod still draining counts as not settled)."""
+    deployment = relay_deployment(release)
+    wanted = deployment["spec"].get("replicas", 1)
+    pods = release.relay_pods()
+    if not low <= wanted <= high or len(pods) != wanted or len(release.ready_relays()) != wanted:
+        return None
+    return int(wanted)
+
+
+def test_a_cookies_limit_holds_while_the_hpa_scales(release: Release, upstream: Upstream) -> None:
+    """The HPA on (no Redis): its controller changes the replica count under load and the
+    cookie's limit still holds. There is no metrics-server here, so the HPA acts on its
+    bounds (the same scale writes it makes for a CPU target): minReplicas raised to 3 scales
+    up, then maxReplicas lowered to 2 scales down while the pods roll (the pods' share is
+    computed from maxReplicas, so that change also replaces them)."""
+    limit, bob = 6, "session=cluster-tier-bob"
+    values = release.values
+    values["relay"]["autoscaling"] = {"enabled": True, "minReplicas": 2, "maxReplicas": 3}
+    release.upgrade(values)  # twice maxReplicas is twice the 3 replicas of before: no pod replaced
+    hpa = release.cluster.get("horizontalpodautoscaler", f"{RELEASE}-relay", NAMESPACE)
+    assert hpa is not None and hpa["apiVersion"].startswith("autoscaling/v2beta")  # 1.20 has no autoscaling/v2
+    eventually("the relays settled under the HPA", lambda: settled_at(release, 2, 3), 2 * POD_START_TIMEOUT, 1)
+    upstream.sim.peak_by_session.clear()
+    counts: list[int] = []
+
+    async def under_load() -> StreamTally:
+        tally, stop = StreamTally(), asyncio.Event()
+        client = release.client(max_retries=2)
+        async with client:
+            load = asyncio.create_task(streams_until(client, EXPECTED, 4 * limit, stop, tally,
+                                                     time.monotonic() + 600))
+            await asyncio.sleep(3)
+            for low, high in ((3, 3), (2, 2)):
+                values["relay"]["autoscaling"].update(minReplicas=low, maxReplicas=high)
+                await asyncio.to_thread(release.upgrade, values)
+                # The HPA controller syncs every 15 s; then the new pods start or the old drain.
+                counts.append(await asyncio.to_thread(
+                    eventually, f"the HPA at {low}", functools.partial(settled_at, release, low, high), 2 * POD_START_TIMEOUT, 1))
+            await asyncio.sleep(3)
+            stop.set()
+            await load
+        return tally
+
+    tally = run(under_load())
+    assert counts == [3, 2]
+    assert set(tally.failures) <= {"RateLimitError"}, tally.examples
+    assert tally.completed >= limit, f"the cookie served ({tally.completed}; {dict(tally.failures)})"
+    assert 1 <= upstream.sim.peak_by_session[bob] <= limit, f"peak {upstream.sim.peak_by_session[bob]} > {limit}"
+    timings["HPA 2/3 -> 3 -> 2: peak streams on a cookie of limit 6"] = upstream.sim.peak_by_session[bob]
 
 
 def test_the_operators_rollout_loses_and_doubles_no_pool_write(release: Release, upstream: Upstream) -> None:

@@ -112,10 +112,11 @@ class RelaySettings(BaseSettings):
     # A slot's lease: renewed every sync tick (min(0.5 s, a quarter of this)) while the
     # request runs, it frees a dead replica's slots within this long.
     pool_lease_seconds: float = Field(10.0, ge=1, le=600)
-    # The most relay replicas that run at once (the chart sets it, rollout surge included).
-    # Without Redis each replica keeps to maxConcurrency // replicas of every cookie (at
-    # least 1); with Redis that is the fallback share when the store is out of reach,
-    # divided by the larger of this and the replicas last seen in the store.
+    # The most relay pods that hold streams at once (the chart sets twice the replicas: a
+    # rollout's old pods still drain while its new ones serve). Without Redis each replica
+    # keeps to maxConcurrency // replicas of every cookie (at least 1); with Redis that is
+    # the fallback share when the store is out of reach, divided by the larger of this and
+    # the replicas last seen in the store.
     replicas: int = Field(1, ge=1, le=1000)
 
     shutdown_grace_seconds: float = Field(30.0, ge=0)

@@ -37,10 +37,13 @@ redis://{{ include "gptomni.redis.fullname" . }}.{{ .Release.Namespace }}.svc:63
 {{- end }}
 {{- end -}}
 
-{{- /* The most relay pods that can run at once: the replicas (the HPA's maximum when it is on)
-plus the one a rolling update adds (maxSurge). Each pod keeps to maxConcurrency divided by
-this without Redis, and in a Redis outage: so a cookie's limit holds with the chart's
-defaults, scaled or rolled (docs/shared-pool.md). */ -}}
+{{- /* The most relay pods that can hold streams at once: twice the replicas (the HPA's
+maximum when it is on). A rolling update (maxSurge 1, maxUnavailable 0) ends with a full new
+ReplicaSet serving while every old pod may still be terminating, draining the streams it
+took (for up to terminationGracePeriodSeconds; the Deployment no longer counts it), and the
+same holds when relay.replicas changes (old count + new count <= twice the larger). Each pod
+keeps to maxConcurrency divided by this without Redis, and in a Redis outage: so a cookie's
+limit holds with the chart's defaults, scaled or rolled (docs/shared-pool.md). */ -}}
 {{- define "gptomni.relay.mostPods" -}}
-{{- add (ternary .Values.relay.autoscaling.maxReplicas .Values.relay.replicas .Values.relay.autoscaling.enabled) 1 -}}
+{{- mul (ternary .Values.relay.autoscaling.maxReplicas .Values.relay.replicas .Values.relay.autoscaling.enabled) 2 -}}
 {{- end -}}
