@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gptomni_relay.simulator import Behaviour, default_answer
 from tests.cluster_env import (
@@ -309,6 +312,38 @@ def test_the_operators_rollout_loses_and_doubles_no_pool_write(release: Release,
         events = watch.stop()
     writes = [event for event in events if event["type"] == "MODIFIED"]
     assert len(writes) == 1, [event["object"]["metadata"]["resourceVersion"] for event in writes]
+
+
+def printer_columns(cluster: Cluster) -> list[str]:
+    crd = cluster.get("crd", "gptomnicredentials.gptomni.io")
+    assert crd is not None
+    [version] = crd["spec"]["versions"]
+    return [column["name"] for column in version.get("additionalPrinterColumns", [])]
+
+
+def test_a_changed_crd_is_applied_as_the_readme_says(release: Release, tmp_path: Path) -> None:
+    """`helm upgrade` leaves a changed CRD as it was (Helm never upgrades crds/); the README's
+    `kubectl apply --server-side --force-conflicts -f charts/gptomni/crds/` brings it in."""
+    changed = tmp_path / "gptomni"
+    shutil.copytree(release.chart, changed)
+    path = changed / "crds" / "gptomnicredentials.yaml"
+    crd = yaml.safe_load(path.read_text())
+    crd["spec"]["versions"][0]["additionalPrinterColumns"].append(
+        {"name": "Secret", "type": "string", "jsonPath": ".spec.cookieSecretRef.name"})
+    path.write_text(yaml.safe_dump(crd, sort_keys=False))
+    before = printer_columns(release.cluster)
+    original, release.chart = release.chart, changed
+    try:
+        release.upgrade(release.values)
+    finally:
+        release.chart = original
+    assert printer_columns(release.cluster) == before, "helm upgrade changed the CRD"
+    release.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(changed / "crds"))
+    assert printer_columns(release.cluster) == [*before, "Secret"]
+    listed = release.cluster.kubectl("get", "gptomnicredential", "bob", f"--namespace={NAMESPACE}").stdout
+    assert "SECRET" in listed.splitlines()[0], listed  # the API server serves the new column
+    release.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(original / "crds"))
+    assert printer_columns(release.cluster) == before
 
 
 def test_rollback_then_uninstall_leaves_nothing_stuck(release: Release, upstream: Upstream) -> None:
