@@ -4,7 +4,9 @@ within its limits, and holds no more memory than the limits allow."""
 
 from __future__ import annotations
 
+import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 from gptomni_relay.settings import DEMO_API_KEY
+from tests.bystander import Bystander
 from tests.harness import Harness
 from tests.processes import RelayProcess, relay_process
 
@@ -194,3 +197,56 @@ def test_many_unfinished_requests_hold_little_memory(relay_process_against_demo:
     assert all(status_of(reply) == 431 for reply in replies)
     grown_mb = relay.peak_memory_mb() - baseline_mb
     assert grown_mb < 40, f"peak memory grew by {grown_mb:.0f} MB for 30 unfinished requests"
+
+
+@pytest.mark.timeout(120)
+def test_pipelined_requests_are_answered_one_at_a_time_in_bounded_memory(relay_process_against_demo) -> None:  # noqa: ANN001
+    # 100,000 GET /healthz written back to back (3.3 MB) while the answers are read slowly:
+    # the relay parses the next request only once the one before is answered.
+    relay: RelayProcess = relay_process_against_demo
+    bystander = Bystander(relay.url)
+    bystander.baseline()
+    baseline_mb = relay.peak_memory_mb()
+    payload = b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n" * 100_000
+    received = bytearray()
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=0.5) as sock:
+        stop_at = time.monotonic() + 6
+
+        def read_slowly() -> None:
+            while time.monotonic() < stop_at and len(received) < 4_000_000:
+                try:
+                    received.extend(sock.recv(4096))
+                except TimeoutError:
+                    pass
+                time.sleep(0.005)
+
+        reader = threading.Thread(target=read_slowly, daemon=True)
+        with bystander:
+            reader.start()
+            sent = 0
+            while sent < len(payload) and time.monotonic() < stop_at:
+                try:
+                    sent += sock.send(payload[sent:sent + 65536])
+                except TimeoutError:
+                    pass  # the relay stopped reading: back-pressure, what we are testing
+            reader.join(30)
+    answers = bytes(received).count(b"HTTP/1.1 200 OK")
+    assert answers > 100, f"only {answers} pipelined requests were answered"
+    grown_mb = relay.peak_memory_mb() - baseline_mb
+    assert grown_mb < 16, f"the relay's peak memory grew by {grown_mb:.0f} MB for {sent} bytes of pipelined requests"
+    bystander.assert_not_starved()
+
+
+def test_pipelined_requests_are_all_answered_in_order(relay: Harness) -> None:
+    paths = [b"/healthz", b"/readyz", b"/nowhere", b"/healthz"]
+    body = b'{"model": "gptomni", "messages": [{"role": "user", "content": "pipelined"}]}'
+    chat = (REQUEST_LINE + b"Authorization: Bearer " + relay.api_key.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    requests = [b"GET %s HTTP/1.1\r\nHost: relay\r\n\r\n" % path for path in paths[:2]] + [chat] + [
+        b"GET %s HTTP/1.1\r\nHost: relay\r\n\r\n" % path for path in paths[2:]]
+    with connection(relay) as sock:
+        sock.sendall(b"".join(requests) + b"GET /healthz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        reply = read_reply(sock)
+    statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)]
+    assert statuses == [200, 200, 200, 404, 200, 200], reply[:2000]
+    assert b"You said: pipelined" in reply

@@ -16,7 +16,8 @@ import pytest
 
 from gptomni_relay.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
-from tests.harness import BackgroundLoop, Harness
+from tests.bystander import Bystander
+from tests.harness import BackgroundLoop, Harness, sample_value
 from tests.processes import RelayProcess, relay_process
 from tests.test_errors import assert_openai_error
 
@@ -166,3 +167,46 @@ def test_a_clearance_cookie_set_by_another_host_never_reaches_gpt_omni(make_rela
     assert_openai_error(response, 503, code="upstream_challenge")
     assert relay.state.upstream.solver.current.cookies == {}
     assert not any("cf_clearance" in chat.headers.get("cookie", "") for chat in sim.received)
+
+
+def _gzip_hello_then_empty_blocks() -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(b"Hello") + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+EMPTY_DEFLATE_BLOCK = b"\x00\x00\x00\xff\xff"  # a stored block of no bytes: what Z_SYNC_FLUSH sends
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("limits", "cut_within"), [
+    ({"GPTOMNI_IDLE_TIMEOUT_SECONDS": "1", "GPTOMNI_MAX_ANSWER_SECONDS": "600"}, 1.0),  # idleness counts text
+    ({"GPTOMNI_IDLE_TIMEOUT_SECONDS": "60", "GPTOMNI_MAX_ANSWER_SECONDS": "2"}, 2.0),  # the answer limit is wall time
+], ids=["idle", "answer-time"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_bytes_that_are_no_text_hold_no_answer_open(relay_against, limits: dict[str, str], cut_within: float,  # noqa: ANN001
+                                                    stream: bool) -> None:
+    # After a gzip "Hello", an empty deflate block every 0.2 s: bytes keep coming, text never.
+    sim, relay = relay_against(**limits)
+    sim.set("session=a", raw_body=_gzip_hello_then_empty_blocks(), content_encoding="gzip",
+            raw_body_then_every=(0.2, EMPTY_DEFLATE_BLOCK))
+    bystander = Bystander(relay.url)
+    bystander.baseline()
+    baseline_mb = relay.peak_memory_mb()
+    with bystander, httpx.Client(base_url=relay.url, headers={"Authorization": "Bearer sk-hostile"},
+                                 timeout=30) as http:
+        started = time.monotonic()
+        response = http.post("/v1/chat/completions", json={**HELLO, "stream": stream})
+        took = time.monotonic() - started
+    if stream:  # "Hello" flowed, then the stream ended with an error event, not [DONE]
+        events = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+        assert json.loads(events[0])["choices"][0]["delta"].get("content", "") + "".join(
+            json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[1:-1]) == "Hello"
+        assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
+    else:
+        assert_openai_error(response, 504, code="upstream_timeout")
+    assert cut_within <= took < cut_within + 10, f"the answer was cut after {took:.1f} s"
+    metrics = httpx.get(f"{relay.metrics_url}/metrics", timeout=10).text
+    assert sample_value(metrics, "gptomni_credential_in_flight") == 0  # the slot is free again
+    grown_mb = relay.peak_memory_mb() - baseline_mb
+    assert grown_mb < 16, f"the relay's peak memory grew by {grown_mb:.0f} MB"
+    bystander.assert_not_starved()

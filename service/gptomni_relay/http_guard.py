@@ -13,7 +13,12 @@ stays open for minutes), and a request body may arrive as slowly as the client l
 - headers complete within `header_timeout` of their first byte (or of the connection,
   so a silent connection is closed too): 408 beyond;
 - the whole body within `body_timeout` of the headers: 408 beyond;
-- idle keep-alive connections are uvicorn's own `timeout_keep_alive`.
+- idle keep-alive connections are uvicorn's own `timeout_keep_alive`;
+- one request at a time (back-pressure): while a request's answer is unfinished, what
+  the client sends next is held unparsed and the connection is not read. uvicorn parses
+  every request in a read and reads again after each answer, so 100,000 pipelined
+  `GET /healthz` became 100,000 queued requests; here the parser is fed up to each blank
+  line (where a request's headers end) and stops once a request waits for its turn.
 
 Memory per connection is thus at most `max_header_bytes` plus one read, whatever clients
 send. Everything else (parsing, the ASGI cycle, keep-alive, streaming) stays uvicorn's.
@@ -27,6 +32,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,17 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that broke a limit."""
 
 
+class _HeldFlow(FlowControl):
+    """uvicorn resumes reading whenever an app waits for body or a hang-up, and after every
+    answer; while `held` (requests wait unparsed) reading stays paused all the same."""
+
+    held = False
+
+    def resume_reading(self) -> None:
+        if not self.held:
+            super().resume_reading()
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """Between a request's headers and the end of its body the body timeout applies;
     every other byte a client sends belongs to some request's line and headers."""
@@ -64,18 +81,64 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._refusal: int | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._unparsed = b""  # what the client sent after a request still being answered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _HeldFlow(transport)
         self._arm(self._limits.header_timeout)  # a connection that never speaks is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unparsed = b""
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return  # refused already: nothing more is read
+        if self._unparsed:  # read although paused (a resume we did not ask for): keep the order
+            self._hold(self._unparsed + data)
+            return
+        self._feed(memoryview(data))
+
+    def _feed(self, data: memoryview) -> None:
+        """Parses `data` up to each blank line in turn, and holds the rest unparsed as soon as
+        a complete request waits for its answer: only one request is ever queued."""
+        start, size = 0, len(data)
+        raw = data.obj
+        while start < size:
+            if self._waiting_for_answer():
+                self._hold(bytes(data[start:]))
+                return
+            end = raw.find(b"\r\n\r\n", start)  # type: ignore[attr-defined]
+            end = size if end < 0 else end + 4
+            self._parse(data[start:end])
+            if self.transport.is_closing():
+                return
+            start = end
+
+    def _waiting_for_answer(self) -> bool:
+        cycle = self.cycle
+        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete and not self._body_pending)
+
+    def _hold(self, unparsed: bytes) -> None:
+        self._unparsed = unparsed
+        self.flow.held = True  # type: ignore[attr-defined]
+        self.flow.pause_reading()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts a queued request; reading stays paused if held
+        if self._body_pending and self._timer is None and not self.transport.is_closing():
+            self._arm(self._limits.body_timeout)  # a queued request's body is timed from its turn
+        if not self._unparsed or self.transport.is_closing():
+            return
+        unparsed, self._unparsed = self._unparsed, b""
+        self.flow.held = False  # type: ignore[attr-defined]
+        self._feed(memoryview(unparsed))
+        if not self._unparsed:
+            self.flow.resume_reading()
+
+    def _parse(self, data: memoryview) -> None:
         if self._body_pending:
             self._body_bytes += len(data)
             if self._body_bytes > self._limits.max_body_bytes + self._limits.max_header_bytes:
@@ -129,6 +192,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._arm(self._limits.body_timeout)
         super().on_headers_complete()
+        if self.pipeline:  # queued behind an unfinished answer: its body is not read before its turn
+            self._disarm()
 
     def on_message_complete(self) -> None:
         self._body_pending = False

@@ -79,6 +79,9 @@ class Behaviour:
     # Tests: after its first piece the answer waits for this event (set in the simulator's
     # loop), so that answers are shown to be open at once without timing them.
     hold: asyncio.Event | None = None
+    # After `raw_body`, these bytes again every so many seconds, without end: an upstream
+    # that holds an answer open with bytes that are no text (an empty deflate block).
+    raw_body_then_every: tuple[float, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -204,12 +207,22 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
             return JSONResponse({"code": behaviour.status, "msg": "refused"}, status_code=behaviour.status, headers=headers)
         if behaviour.raw_body is not None:
             encoding = {"content-encoding": behaviour.content_encoding} if behaviour.content_encoding else {}
-            return Response(behaviour.raw_body, headers={"content-type": behaviour.content_type, **encoding})
+            headers = {"content-type": behaviour.content_type, **encoding}
+            if behaviour.raw_body_then_every is not None:
+                return StreamingResponse(_raw_without_end(behaviour.raw_body, *behaviour.raw_body_then_every),
+                                         headers=headers)
+            return Response(behaviour.raw_body, headers=headers)
         answer = behaviour.answer if behaviour.answer is not None else state.cued_answer(prompt)
         if answer is None:
             answer = default_answer(prompt, behaviour.answer_words)
         return StreamingResponse(_stream(answer, behaviour, arrived, session),
                                  headers={"content-type": behaviour.content_type})
+
+    async def _raw_without_end(body: bytes, every: float, more: bytes) -> AsyncIterator[bytes]:
+        yield body
+        while True:
+            await asyncio.sleep(every)
+            yield more
 
     async def _stream(answer: str, behaviour: Behaviour, arrived: float, session: str) -> AsyncIterator[bytes]:
         state.active += 1

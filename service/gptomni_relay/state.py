@@ -225,6 +225,7 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None,
             connect=settings.connect_timeout_seconds,
             first_byte=settings.first_byte_timeout_seconds,
             idle=settings.idle_timeout_seconds,
+            answer=settings.max_answer_seconds,
         ),
         max_connections=settings.max_upstream_connections,
     )
@@ -237,7 +238,7 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None,
         pool,
         upstream,
         FailoverPolicy(settings.max_attempts, settings.failover_budget_seconds, settings.acquire_timeout_seconds,
-                       settings.max_answer_chars, settings.max_answer_seconds),
+                       settings.max_answer_chars),
         observer,
     )
     relay = RelayState(

@@ -2,7 +2,8 @@
 
 aiohttp streams the answer on the event loop; cloudscraper (see clearance.py) is asked
 only when Cloudflare interposes a challenge. Timeouts are split the way an LLM stream
-needs: a deadline for the first byte and a separate idle limit between pieces.
+needs: a deadline for the first text, a separate idle limit between pieces of text, and
+a limit on the whole answer; each holds in wall time whatever bytes arrive.
 
 Why aiohttp and not httpx here: with hundreds of open upstream streams, httpcore's
 pool rescans every connection (a poll(2) each) whenever a response closes, which made
@@ -13,6 +14,7 @@ aiohttp's connector does not, and kopf already depends on it.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +24,7 @@ import aiohttp
 
 from gptomni_common.upstream.clearance import ClearanceSolver
 from gptomni_common.upstream.decoding import AnswerDecoder, UndecodableAnswer, decode_head
-from gptomni_common.upstream.errors import UpstreamError
+from gptomni_common.upstream.errors import AnswerOverTime, UpstreamError
 from gptomni_common.upstream.protocol import (
     Outcome,
     chat_body,
@@ -39,8 +41,9 @@ CHECK_PROMPT = "Reply with the single word: pong"
 @dataclass(frozen=True)
 class UpstreamTimeouts:
     connect: float = 10.0
-    first_byte: float = 60.0
-    idle: float = 60.0
+    first_byte: float = 60.0  # request sent -> first text
+    idle: float = 60.0  # longest wait for the next text
+    answer: float | None = None  # first text -> end of the answer (None: no limit)
 
 
 @dataclass(frozen=True)
@@ -169,15 +172,18 @@ class UpstreamClient:
         except UndecodableAnswer as exc:
             raise UpstreamError(Outcome.ERROR, str(exc)) from None
         content = response.content
-        silence = _SilenceDeadline(content, first_byte_deadline)
+        deadlines = _AnswerDeadlines(content, first_byte_deadline, self.timeouts)
         try:
             while True:
                 try:
                     data = await content.readany()
                 except _UpstreamSilent as exc:
                     _forget_tracebacks(exc)
-                    what = "stalled mid-answer" if silence.received_any else "sent no answer in time"
+                    what = "stalled mid-answer" if deadlines.received_any else "sent no answer in time"
                     raise UpstreamError(Outcome.TIMEOUT, f"upstream {what}") from None
+                except _AnswerOverTime as exc:
+                    _forget_tracebacks(exc)
+                    raise AnswerOverTime(exc.limit_seconds) from None
                 except aiohttp.ClientError as exc:
                     _forget_tracebacks(exc)
                     raise UpstreamError(Outcome.ERROR, f"upstream stream broke ({type(exc).__name__})") from None
@@ -188,8 +194,10 @@ class UpstreamClient:
                             yield tail
                         return
                     for piece in decoder.feed(data):
-                        silence.heard(self.timeouts.idle)
+                        deadlines.heard()
+                        deadlines.reading = False  # the piece is the relay's now, not the upstream's
                         yield piece
+                        deadlines.reading = True
                 except UndecodableAnswer as exc:
                     raise UpstreamError(Outcome.ERROR, str(exc)) from None
         except UpstreamError:
@@ -199,7 +207,7 @@ class UpstreamClient:
             # (failover), never a crash of the request.
             raise UpstreamError(Outcome.ERROR, f"upstream answer could not be read ({type(exc).__name__})") from None
         finally:
-            silence.cancel()
+            deadlines.cancel()
 
 
 class _UpstreamSilent(Exception):
@@ -217,46 +225,59 @@ def _forget_tracebacks(exc: BaseException | None) -> None:
         exc = exc.__cause__ or exc.__context__
 
 
-class _SilenceDeadline:
-    """Fails the answer's reader when the upstream stays silent past a deadline: first the
-    first-byte deadline, then the idle limit after each piece.
+class _AnswerOverTime(Exception):
+    def __init__(self, limit_seconds: float) -> None:
+        super().__init__()
+        self.limit_seconds = limit_seconds
+
+
+class _AnswerDeadlines:
+    """Fails the answer's reader when a bound passes, in wall time whatever arrives: the
+    first-byte deadline until the first text, then the idle limit after each piece of
+    text, and the answer limit from the first text on. Bytes that decode to no text (an
+    empty deflate block every few seconds) move no deadline; time the relay itself holds a
+    piece (its own client is slow to take it) is no upstream silence.
 
     Re-arming an event-loop timer for every piece (what `asyncio.timeout` around each read
     does) costs ~8 µs a piece; here a piece only moves the deadline, and the one timer is
     re-armed when it fires early.
     """
 
-    def __init__(self, content: aiohttp.StreamReader, deadline: float) -> None:
+    def __init__(self, content: aiohttp.StreamReader, first_byte_deadline: float, timeouts: UpstreamTimeouts) -> None:
         self._loop = asyncio.get_running_loop()
         self._content = content
-        self._deadline = deadline
-        self._idle = 0.0
-        self._bytes_seen = 0
+        self._idle = timeouts.idle
+        self._answer_limit = timeouts.answer
+        self._silent_at = first_byte_deadline
+        self._answer_ends = math.inf  # set by the first text
         self.received_any = False
-        self._timer = self._loop.call_at(deadline, self._check)
+        self.reading = True  # False while the relay's consumer holds a piece
+        self._timer = self._loop.call_at(first_byte_deadline, self._check)
 
-    def heard(self, idle_seconds: float) -> None:
-        self.received_any = True
-        self._idle = idle_seconds
-        self._bytes_seen = self._content.total_bytes
-        self._deadline = self._loop.time() + idle_seconds
-        if self._deadline < self._timer.when():  # the idle limit is shorter than the first-byte wait
+    def heard(self) -> None:
+        now = self._loop.time()
+        if not self.received_any:
+            self.received_any = True
+            if self._answer_limit is not None:
+                self._answer_ends = now + self._answer_limit
+        self._silent_at = now + self._idle
+        due = min(self._silent_at, self._answer_ends)
+        if due < self._timer.when():  # a shorter limit than the first-byte wait
             self._timer.cancel()
-            self._timer = self._loop.call_at(self._deadline, self._check)
+            self._timer = self._loop.call_at(due, self._check)
 
     def cancel(self) -> None:
         self._timer.cancel()
 
     def _check(self) -> None:
-        arrived = self._content.total_bytes != self._bytes_seen
-        # aiohttp's count of bytes buffered and not yet read (stable private field): the
-        # relay's own client is slow to take them, which is no upstream silence.
-        waiting = self._content._size > 0  # noqa: SLF001
-        if self.received_any and (arrived or waiting):
-            self._bytes_seen = self._content.total_bytes
-            self._deadline = self._loop.time() + self._idle
-        if self._loop.time() < self._deadline:
-            self._timer = self._loop.call_at(self._deadline, self._check)
+        now = self._loop.time()
+        if now >= self._answer_ends:
+            self._content.set_exception(_AnswerOverTime(self._answer_limit or 0.0))
+            return
+        if not self.reading:
+            self._silent_at = now + self._idle
+        if now < self._silent_at:
+            self._timer = self._loop.call_at(min(self._silent_at, self._answer_ends), self._check)
         else:
             self._content.set_exception(_UpstreamSilent())
 

@@ -19,3 +19,11 @@ class UpstreamError(Exception):
         self.message = message
         self.status = status
         self.retry_after = retry_after
+
+
+class AnswerOverTime(UpstreamError):
+    """An answer ran past the answer-time limit (`UpstreamTimeouts.answer`), however it came:
+    the prompt's, not the credential's fault."""
+
+    def __init__(self, limit_seconds: float) -> None:
+        super().__init__(Outcome.TIMEOUT, f"the answer took longer than the relay's {limit_seconds:.0f}-second limit")

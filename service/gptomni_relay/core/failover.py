@@ -25,7 +25,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TypeVar
 
-from gptomni_common.upstream import Outcome, UpstreamClient, UpstreamError
+from gptomni_common.upstream import AnswerOverTime, Outcome, UpstreamClient, UpstreamError
 from gptomni_relay.core.attempt_observer import UNWATCHED, AttemptObserver, FailoverObserver
 from gptomni_relay.core.errors import (
     AllBusy,
@@ -52,7 +52,7 @@ class FailoverPolicy:
     budget_seconds: float = 30.0  # no new attempt after this long
     acquire_wait_seconds: float = 5.0  # for a free credential slot
     max_answer_chars: int = 4_000_000  # streamed or not: no answer goes on forever
-    max_answer_seconds: float = 900.0
+    # (its time limit is the upstream client's: it holds while no text comes too)
 
 
 def domain_error(exc: UpstreamError) -> UpstreamFailed:
@@ -81,18 +81,18 @@ class UpstreamAnswer:
     async def pieces(self) -> AsyncIterator[str]:
         """The answer's text pieces; raises UpstreamFailed / UpstreamTimedOut if it breaks."""
         policy = self._policy
-        deadline = self.first_piece_at + policy.max_answer_seconds
         self.completion.add(self._first)
         yield self._first
         try:
             async for piece in self._rest:
                 self.completion.add(piece)
-                # Both bounds end the answer as a clean error; neither is the cookie's fault.
+                # Both bounds (length here, time in the upstream client) end the answer as a
+                # clean error; neither is the cookie's fault.
                 if self.completion.characters > policy.max_answer_chars:
                     raise AnswerTooLarge(f"the answer is longer than the relay's {policy.max_answer_chars}-character limit")
-                if time.monotonic() > deadline:
-                    raise AnswerTookTooLong(f"the answer took longer than the relay's {policy.max_answer_seconds:.0f}-second limit")
                 yield piece
+        except AnswerOverTime as exc:
+            raise AnswerTookTooLong(exc.message) from None
         except UpstreamError as exc:
             self._lease.report(exc.outcome, exc.retry_after)
             self._observer.failed(exc, answer_started=True)
