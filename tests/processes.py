@@ -47,6 +47,12 @@ class RelayProcess:
             line = next(line for line in status if line.startswith("VmHWM:"))
         return int(line.split()[1]) / 1024
 
+    def cpu_seconds(self) -> float:
+        """CPU time the relay process has used so far (user + system)."""
+        with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def output(self) -> str:
         """Everything the process logged so far (a file, not a pipe: a full pipe would stall it)."""
         with open(self.log.name, encoding="utf-8") as handle:

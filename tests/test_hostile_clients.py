@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import pytest
 
 from gptomni_relay.settings import DEMO_API_KEY
@@ -250,3 +251,38 @@ def test_pipelined_requests_are_all_answered_in_order(relay: Harness) -> None:
     statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)]
     assert statuses == [200, 200, 200, 404, 200, 200], reply[:2000]
     assert b"You said: pipelined" in reply
+
+
+ONE = b"1," * 499_999 + b"1"  # 500,000 values in under 1 MB
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("body", "param"), [
+    (b'{"model": "gptomni", "messages": [' + ONE + b"]}", "messages"),
+    (b'{"model": "gptomni", "messages": [{"role": "user", "content": [' + ONE + b"]}]}", "messages[0].content"),
+    (b'{"model": "gptomni", "messages": [' + b",".join([b'{"role": "user", "content": [1, 1, 1]}'] * 2000)
+     + b'], "x": {' + b",".join(b'"k%d": [1]' % i for i in range(40_000)) + b"}}", None),
+    (b'{"model": "gptomni", "messages": [{"role": "user", "content": "hi"}], "stop": [' + ONE + b"]}", "stop"),
+], ids=["messages", "content-parts", "values", "stop"])
+def test_a_cheap_body_that_is_costly_to_validate_is_refused_cheaply(relay_process_against_demo, body: bytes,  # noqa: ANN001
+                                                                    param: str | None) -> None:
+    relay: RelayProcess = relay_process_against_demo
+    assert len(body) < 1024 * 1024
+    bystander = Bystander(relay.url)
+    bystander.baseline()
+    baseline_mb = relay.peak_memory_mb()
+    headers = {"Authorization": f"Bearer {DEMO_API_KEY}", "Content-Type": "application/json"}
+    with bystander, httpx.Client(base_url=relay.url, headers=headers, timeout=60) as http:
+        http.post("/v1/chat/completions", content=b"{}")  # the route's first use is not measured
+        cpu_before = relay.cpu_seconds()
+        for _ in range(3):
+            response = http.post("/v1/chat/completions", content=body)
+            assert response.status_code == 400, response.text[:300]
+            if param is not None:
+                assert response.json()["error"]["param"] == param
+        cpu_ms = (relay.cpu_seconds() - cpu_before) / 3 * 1000
+    # Parsing 1 MB of JSON is the floor (~10-20 ms); validating 500,000 values took seconds.
+    assert cpu_ms < 150, f"the relay spent {cpu_ms:.0f} ms of CPU on one such request"
+    grown_mb = relay.peak_memory_mb() - baseline_mb
+    assert grown_mb < 48, f"the relay's peak memory grew by {grown_mb:.0f} MB"
+    bystander.assert_not_starved()

@@ -32,7 +32,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
@@ -56,17 +55,6 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that broke a limit."""
 
 
-class _HeldFlow(FlowControl):
-    """uvicorn resumes reading whenever an app waits for body or a hang-up, and after every
-    answer; while `held` (requests wait unparsed) reading stays paused all the same."""
-
-    held = False
-
-    def resume_reading(self) -> None:
-        if not self.held:
-            super().resume_reading()
-
-
 class GuardedHttpProtocol(HttpToolsProtocol):
     """Between a request's headers and the end of its body the body timeout applies;
     every other byte a client sends belongs to some request's line and headers."""
@@ -85,7 +73,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.flow = _HeldFlow(transport)
         self._arm(self._limits.header_timeout)  # a connection that never speaks is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -96,7 +83,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return  # refused already: nothing more is read
-        if self._unparsed:  # read although paused (a resume we did not ask for): keep the order
+        if self._unparsed:
+            # uvicorn resumed reading (an app waiting for a hang-up does, once per wait):
+            # keep the order, and pause again.
             self._hold(self._unparsed + data)
             return
         self._feed(memoryview(data))
@@ -123,20 +112,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _hold(self, unparsed: bytes) -> None:
         self._unparsed = unparsed
-        self.flow.held = True  # type: ignore[attr-defined]
         self.flow.pause_reading()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()  # starts a queued request; reading stays paused if held
+        super().on_response_complete()  # starts a queued request, resumes reading
         if self._body_pending and self._timer is None and not self.transport.is_closing():
             self._arm(self._limits.body_timeout)  # a queued request's body is timed from its turn
         if not self._unparsed or self.transport.is_closing():
             return
         unparsed, self._unparsed = self._unparsed, b""
-        self.flow.held = False  # type: ignore[attr-defined]
         self._feed(memoryview(unparsed))
-        if not self._unparsed:
-            self.flow.resume_reading()
 
     def _parse(self, data: memoryview) -> None:
         if self._body_pending:

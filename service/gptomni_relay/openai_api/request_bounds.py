@@ -1,0 +1,95 @@
+"""Request bounds: how much work a parsed JSON body may cost, checked before validation.
+
+The body limit bounds bytes, not work: `{"messages": [1, 1, ... x500,000]}` is under 1 MB,
+and pydantic validating it collects 500,000 errors and turns each into a dict (~500 MB,
+seconds of a blocked event loop for every client). `check_request_bounds` walks the
+parsed body once, containers only, and refuses with a 400 naming the param at the first
+bound passed: nesting depth, the length of any one array (each route names its own
+arrays' caps, e.g. `messages`, a message's `content` parts, `tools`, `stop`), and the
+values in the whole body. What is left for pydantic is then a few thousand values at
+most, a few milliseconds of work.
+
+Each OpenAI route (chat completions, Responses, legacy completions) passes its own
+`RequestBounds`; the walk is the same for all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from gptomni_relay.openai_api.errors import bad_request
+
+
+@dataclass(frozen=True)
+class RequestBounds:
+    """`array_caps` maps an array's place, written `messages` or `messages[].content`
+    (`[]`: any item of the array), to its most items; any other array may hold
+    `max_array_items`."""
+
+    array_caps: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    max_array_items: int = 1024
+    max_depth: int = 16  # arrays and objects inside each other
+    max_values: int = 16384  # array items and object members in the whole body
+
+
+CHAT_COMPLETIONS_BOUNDS = RequestBounds(MappingProxyType({
+    "messages": 2048,
+    "messages[].content": 256,
+    "tools": 128,  # OpenAI's own limit
+    "functions": 128,
+    "stop": 4,  # OpenAI's own limit
+}))
+
+
+def check_request_bounds(body: dict[str, Any], bounds: RequestBounds) -> None:
+    """Raises a 400 (`param` names the place) at the first bound `body` passes."""
+    # Places are spelt out only where a cap may apply (a prefix of a capped place); the
+    # param an error names is put together from the parents only when one is raised.
+    capped = {cap.rsplit(".", i)[0] for cap in bounds.array_caps for i in range(cap.count(".") + 1)}
+    values = 0
+    # (container, (parent's entry, key or index) or None, its place or None, depth)
+    pending: list[tuple[Any, Any, str | None, int]] = [(body, None, "", 1)]
+    while pending:
+        entry = pending.pop()
+        container, _, place, depth = entry
+        if depth > bounds.max_depth:
+            raise bad_request(f"The request nests arrays and objects more than {bounds.max_depth} levels deep.",
+                              param=_param(entry), code="too_deeply_nested")
+        values += len(container)
+        if isinstance(container, list):
+            cap = bounds.array_caps.get(place, bounds.max_array_items) if place else bounds.max_array_items
+            if len(container) > cap:
+                param = _param(entry)
+                raise bad_request(f"'{param}' has {len(container)} items; at most {cap} are accepted.",
+                                  param=param, code="too_many_items")
+        if values > bounds.max_values:
+            raise bad_request(f"The request holds more than {bounds.max_values} values in its arrays and objects.",
+                              param=_param(entry), code="too_many_values")
+        if isinstance(container, dict):
+            for key, value in container.items():
+                if isinstance(value, (dict, list)):
+                    child = f"{place}.{key}" if place else key
+                    pending.append((value, (entry, key), child if place is not None and child in capped else None,
+                                    depth + 1))
+        else:
+            child_place = f"{place}[]" if place else None
+            for index, value in enumerate(container):
+                if isinstance(value, (dict, list)):
+                    pending.append((value, (entry, index), child_place, depth + 1))
+
+
+def _param(entry: tuple[Any, Any, str | None, int]) -> str | None:
+    """`messages[3].content` for the entry of that container."""
+    path: list[str | int] = []
+    link = entry[1]
+    while link is not None:
+        parent, key = link
+        path.append(key)
+        link = parent[1]
+    param = ""
+    for key in reversed(path):
+        param += f"[{key}]" if isinstance(key, int) else (f".{key}" if param else str(key))
+    return param or None
