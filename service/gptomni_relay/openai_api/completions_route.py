@@ -20,6 +20,7 @@ from gptomni_relay.openai_api.answering import Asked, answer
 from gptomni_relay.openai_api.completions_schemas import CompletionChoice, CompletionRequest, TextCompletion
 from gptomni_relay.openai_api.errors import APIError, bad_request
 from gptomni_relay.openai_api.event_stream import sse_data, sse_event
+from gptomni_relay.openai_api.request_bounds import COMPLETIONS_BOUNDS
 from gptomni_relay.openai_api.request_reading import model_id, stop_strings, validated
 from gptomni_relay.openai_api.schemas import Usage
 from gptomni_relay.settings import RelaySettings
@@ -57,7 +58,7 @@ class CompletionsSurface:
     conversation_param = "prompt"
 
     def read(self, raw: bytes, settings: RelaySettings) -> Asked:
-        body = validated(raw, CompletionRequest)
+        body = validated(raw, CompletionRequest, COMPLETIONS_BOUNDS)
         prompt = refuse_unsupported(body)
         model = model_id(body.model, settings)
         shape = AnswerShape(stops=stop_strings(body.stop), max_tokens=body.max_tokens)

@@ -9,8 +9,10 @@ arrays' caps, e.g. `messages`, a message's `content` parts, `tools`, `stop`), an
 values in the whole body. What is left for pydantic is then a few thousand values at
 most, a few milliseconds of work.
 
-Each OpenAI route (chat completions, Responses, legacy completions) passes its own
-`RequestBounds`; the walk is the same for all.
+This is the one place those counts are written: the schemas carry no `max_length` of
+their own, and every body-taking route reads its body through
+`request_reading.validated`, which takes the route's `RequestBounds` (no default, so a new
+route cannot forget). docs/security.md lists the numbers.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from gptomni_relay.core.shaping import MAX_SCHEMA_DEPTH, MAX_TOOLS
 from gptomni_relay.openai_api.errors import bad_request
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's own limit, chat and legacy completions
 
 
 @dataclass(frozen=True)
@@ -31,24 +36,46 @@ class RequestBounds:
 
     array_caps: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     max_array_items: int = 1024
-    max_depth: int = 16  # arrays and objects inside each other
+    # Arrays and objects inside each other. A tool's or response format's JSON schema may
+    # nest MAX_SCHEMA_DEPTH levels (its own check names the param better), a few levels
+    # down the body; beyond this depth nothing the relay accepts can be, and recursive
+    # code (encoders, the schema check) stays far from Python's recursion limit.
+    max_depth: int = 128
     max_values: int = 16384  # array items and object members in the whole body
 
 
 CHAT_COMPLETIONS_BOUNDS = RequestBounds(MappingProxyType({
     "messages": 2048,
     "messages[].content": 256,
-    "tools": 128,  # OpenAI's own limit
-    "functions": 128,
-    "stop": 4,  # OpenAI's own limit
+    "messages[].tool_calls": MAX_TOOLS,
+    "tools": MAX_TOOLS,
+    "functions": MAX_TOOLS,
+    "stop": MAX_STOP_SEQUENCES,
 }))
+
+RESPONSES_BOUNDS = RequestBounds(MappingProxyType({
+    "input": 2048,
+    "input[].content": 256,
+    "input[].output": 256,  # a function_call_output's parts
+    # Built-in tools are dropped (never offered) but still read; function tools are then
+    # held to MAX_TOOLS by the shaping core, as in chat.
+    "tools": 4 * MAX_TOOLS,
+}))
+
+COMPLETIONS_BOUNDS = RequestBounds(MappingProxyType({
+    "prompt": 1024,  # several prompts or token ids are refused by name after validation
+    "stop": MAX_STOP_SEQUENCES,
+}))
+
+assert RequestBounds.max_depth > MAX_SCHEMA_DEPTH + 8  # a schema's own bound fires first
 
 
 def check_request_bounds(body: dict[str, Any], bounds: RequestBounds) -> None:
     """Raises a 400 (`param` names the place) at the first bound `body` passes."""
     # Places are spelt out only where a cap may apply (a prefix of a capped place); the
     # param an error names is put together from the parents only when one is raised.
-    capped = {cap.rsplit(".", i)[0] for cap in bounds.array_caps for i in range(cap.count(".") + 1)}
+    capped = {prefix for cap in bounds.array_caps for i in range(cap.count(".") + 1)
+              for prefix in (cap.rsplit(".", i)[0], cap.rsplit(".", i)[0].removesuffix("[]"))}
     values = 0
     # (container, (parent's entry, key or index) or None, its place or None, depth)
     pending: list[tuple[Any, Any, str | None, int]] = [(body, None, "", 1)]

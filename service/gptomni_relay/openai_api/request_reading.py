@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect
 from gptomni_relay.core.conversation import NonText, ToolCall, Turn
 from gptomni_relay.core.shaping import AnswerShape, FunctionTool, JsonFormat, ToolChoice, tools_problem
 from gptomni_relay.openai_api.errors import APIError, bad_request
+from gptomni_relay.openai_api.request_bounds import CHAT_COMPLETIONS_BOUNDS, RequestBounds, check_request_bounds
 from gptomni_relay.openai_api.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -68,8 +69,10 @@ def param_name(loc: tuple[int | str, ...], data: Any, missing: bool) -> str | No
     return out or None
 
 
-def validated(raw: bytes, schema: type[Body]) -> Body:
-    """The body as `schema`: a 400 naming the param, the way OpenAI names it, otherwise."""
+def validated(raw: bytes, schema: type[Body], bounds: RequestBounds) -> Body:
+    """The body as `schema`: a 400 naming the param, the way OpenAI names it, otherwise.
+    Every body-taking route reads its body here: its `bounds` are checked before pydantic
+    sees the body (request_bounds.py: what validation may cost)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -77,6 +80,7 @@ def validated(raw: bytes, schema: type[Body]) -> Body:
                           code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    check_request_bounds(data, bounds)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
@@ -98,7 +102,7 @@ def model_id(name: str, settings: RelaySettings) -> str:
 
 
 def parse_request(raw: bytes, settings: RelaySettings) -> ChatCompletionRequest:
-    request = validated(raw, ChatCompletionRequest)
+    request = validated(raw, ChatCompletionRequest, CHAT_COMPLETIONS_BOUNDS)
     refuse_unsupported(request)
     model_id(request.model, settings)
     return request

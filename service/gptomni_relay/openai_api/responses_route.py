@@ -18,6 +18,7 @@ from gptomni_relay.metrics import RelayMetrics
 from gptomni_relay.openai_api.answer_writer import AnswerWriter
 from gptomni_relay.openai_api.answering import Asked, answer
 from gptomni_relay.openai_api.errors import APIError
+from gptomni_relay.openai_api.request_bounds import RESPONSES_BOUNDS
 from gptomni_relay.openai_api.request_reading import model_id, validated
 from gptomni_relay.openai_api.responses_reading import answer_shape, conversation, refuse_unsupported
 from gptomni_relay.openai_api.responses_schemas import (
@@ -54,7 +55,7 @@ class ResponsesSurface:
     conversation_param = "input"
 
     def read(self, raw: bytes, settings: RelaySettings) -> Asked:
-        body = validated(raw, ResponsesRequest)
+        body = validated(raw, ResponsesRequest, RESPONSES_BOUNDS)
         refuse_unsupported(body)
         model = model_id(body.model, settings)
         return Asked(model, bool(body.stream), answer_shape(body), conversation(body), body)

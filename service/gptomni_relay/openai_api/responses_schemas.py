@@ -8,11 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-# Bounds on what one request may make the relay hold and fold (the body limit bounds the
-# bytes; these bound the counts that cost work per entry).
-MAX_INPUT_ITEMS = 4096
-MAX_CONTENT_PARTS = 1024
-MAX_TOOLS = 512
+# The counts of items, parts and tools are bounded before validation, with every other
+# route's: openai_api/request_bounds.py (RESPONSES_BOUNDS).
 
 # --- the request -----------------------------------------------------------------------
 
@@ -45,7 +42,7 @@ class MessageItem(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
-    content: str | list[InputPart] = Field(max_length=MAX_CONTENT_PARTS)
+    content: str | list[InputPart]
 
 
 class FunctionCallItem(BaseModel):
@@ -62,7 +59,7 @@ class FunctionCallOutputItem(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1)
-    output: str | list[InputPart] = Field(max_length=MAX_CONTENT_PARTS)
+    output: str | list[InputPart]
 
 
 class OtherItem(BaseModel):
@@ -153,11 +150,11 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    input: str | list[InputItem] = Field(max_length=MAX_INPUT_ITEMS)
+    input: str | list[InputItem]
     instructions: str | None = None
     stream: bool | None = False
     max_output_tokens: int | None = Field(None, ge=1)
-    tools: list[ToolSpec] | None = Field(None, max_length=MAX_TOOLS)
+    tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceObject | None = None
     parallel_tool_calls: bool | None = None
     max_tool_calls: int | None = Field(None, ge=0)

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # --- requests --------------------------------------------------------------------
 
 
-def _at_most_four(stop: str | list[str] | None) -> str | list[str] | None:
-    if isinstance(stop, list) and len(stop) > 4:
-        raise ValueError("at most 4 stop sequences are allowed")
-    return stop
-
-
-# `stop` of chat and legacy completions: one string or up to four.
-StopSequences = Annotated[str | list[str] | None, AfterValidator(_at_most_four)]
+# `stop` of chat and legacy completions: one string or a list (at most four, counted
+# before validation with every other count: request_bounds.MAX_STOP_SEQUENCES).
+StopSequences = str | list[str] | None
 
 
 class TextPart(BaseModel):
@@ -130,7 +125,8 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
+    # The first bad message ends validation (request_bounds.py caps the counts before it).
+    messages: list[ChatMessage] = Field(min_length=1, fail_fast=True)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1)
