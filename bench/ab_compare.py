@@ -45,18 +45,19 @@ def service_path(revision: str) -> Iterator[str]:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkout)], check=False)
 
 
-def one_round(relay_env: dict[str, str], streams: int, profile: str, seconds: float) -> dict[str, float]:
+def one_round(relay_env: dict[str, str], streams: int, profile: str, seconds: float,
+              surface: str = "chat") -> dict[str, float]:
     return bench.overhead_levels(*bench.PROFILES[profile], [streams], seconds,
-                                 relay_extra_env=relay_env)["sustained"][streams]
+                                 relay_extra_env=relay_env, surface=surface)["sustained"][streams]
 
 
 def alternate(sides: dict[str, dict[str, str]], streams: int, profile: str, rounds: int,
-              seconds: float) -> dict[str, list[dict[str, float]]]:
+              seconds: float, surface: str = "chat") -> dict[str, list[dict[str, float]]]:
     """Runs each side's relay (its extra environment) in turns, `rounds` times; prints each round."""
     results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     for round_number in range(rounds):
         for side, relay_env in sides.items():
-            row = one_round(relay_env, streams, profile, seconds)
+            row = one_round(relay_env, streams, profile, seconds, surface)
             results[side].append(row)
             print(f"round {round_number + 1} {side:>12}: "
                   + "  ".join(f"{column.removesuffix('_ms')} {row[column]:7.2f}" for column in COLUMNS)
@@ -80,11 +81,18 @@ def main() -> None:
     parser.add_argument("--profile", choices=sorted(bench.PROFILES), default="chat")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per revision")
     parser.add_argument("--seconds", type=float, default=10, help="load per round and side")
+    parser.add_argument("--surface", choices=sorted(bench.SURFACES), default="chat",
+                        help="the endpoint driven (both revisions must serve it)")
+    parser.add_argument("--env", action="append", default=[], metavar="SIDE:NAME=VALUE",
+                        help="an extra setting for one side's relay (SIDE is a or b), e.g. b:GPTOMNI_API_KEYS=...")
     args = parser.parse_args()
     bench.tune_gc_for_serving()
     with ExitStack() as stack:
         sides = {revision: {"PYTHONPATH": stack.enter_context(service_path(revision))} for revision in (args.a, args.b)}
-        results = alternate(sides, args.streams, args.profile, args.rounds, args.seconds)
+        for side, setting in (extra.split(":", 1) for extra in args.env):
+            name, value = setting.split("=", 1)
+            sides[args.a if side == "a" else args.b][name] = value
+        results = alternate(sides, args.streams, args.profile, args.rounds, args.seconds, args.surface)
     print_medians(results, args.streams, args.profile)
 
 

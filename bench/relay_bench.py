@@ -37,6 +37,23 @@ KEY = "sk-bench-key-0123456789"
 PROMPT = {"model": "gptomni", "messages": [{"role": "user", "content": "bench"}]}
 
 
+@dataclass(frozen=True)
+class Surface:
+    """One OpenAI endpoint the bench drives: its path, its request body, and the bytes that
+    mark the first chunk carrying answer text (the stamp the simulator put in it)."""
+
+    path: str
+    body: dict[str, Any]
+    first_text: bytes
+
+
+SURFACES: dict[str, Surface] = {
+    "chat": Surface("/v1/chat/completions", PROMPT, b'"content"'),
+    "responses": Surface("/v1/responses", {"model": "gptomni", "input": "bench"}, b"response.output_text.delta"),
+    "completions": Surface("/v1/completions", {"model": "gptomni", "prompt": "bench"}, b'"text"'),
+}
+
+
 def free_port() -> int:
     import socket
 
@@ -99,26 +116,29 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def post_chat(http: aiohttp.ClientSession, url: str, direct: bool, stream: bool) -> Any:
-    """One chat request: to the relay in OpenAI form, or `direct` to the simulator in GPT-Omni's
-    own form (the relay's protocol module, so both sides send the same upstream request)."""
+def post_chat(http: aiohttp.ClientSession, url: str, direct: bool, stream: bool, surface: str = "chat") -> Any:
+    """One request: to the relay in OpenAI form on `surface`, or `direct` to the simulator in
+    GPT-Omni's own form (the relay's protocol module, so both sides send the same upstream request)."""
     if direct:
         return http.post(chat_url(url), data=chat_body("bench"),
                          headers=chat_headers(url, "session=bench", "gptomni-bench"))
-    return http.post(f"{url}/v1/chat/completions", json={**PROMPT, "stream": stream},
+    endpoint = SURFACES[surface]
+    return http.post(f"{url}{endpoint.path}", json={**endpoint.body, "stream": stream},
                      headers={"Authorization": f"Bearer {KEY}"})
 
 
-async def stream_once(http: aiohttp.ClientSession, url: str, direct: bool, timing: Timing) -> None:
+async def stream_once(http: aiohttp.ClientSession, url: str, direct: bool, timing: Timing,
+                      surface: str = "chat") -> None:
     started = time.monotonic()
+    marker = SURFACES[surface].first_text
     try:
-        async with post_chat(http, url, direct, stream=True) as response:
+        async with post_chat(http, url, direct, stream=True, surface=surface) as response:
             if response.status != 200:
                 timing.errors += 1
                 return
             first = True
             async for chunk in response.content.iter_any():
-                if first and (direct or b'"content"' in chunk):
+                if first and (direct or marker in chunk):
                     now = time.monotonic()
                     timing.ttfb.append(now - started)
                     first = False
@@ -132,7 +152,7 @@ async def stream_once(http: aiohttp.ClientSession, url: str, direct: bool, timin
         timing.errors += 1
 
 
-async def wave(url: str, direct: bool, concurrency: int, rounds: int, budget: float) -> Timing:
+async def wave(url: str, direct: bool, concurrency: int, rounds: int, budget: float, surface: str = "chat") -> Timing:
     timing = Timing()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=budget)) as http:
@@ -140,13 +160,14 @@ async def wave(url: str, direct: bool, concurrency: int, rounds: int, budget: fl
         for _ in range(rounds):
             if time.monotonic() > deadline:
                 break
-            await asyncio.wait_for(asyncio.gather(*(stream_once(http, url, direct, timing) for _ in range(concurrency))),
+            await asyncio.wait_for(asyncio.gather(*(stream_once(http, url, direct, timing, surface)
+                                                    for _ in range(concurrency))),
                                    timeout=budget)
     return timing
 
 
 async def sustained(url: str, direct: bool, concurrency: int, seconds: float, spread: float,
-                    warmup: float | None = None) -> Timing:
+                    warmup: float | None = None, surface: str = "chat") -> Timing:
     """Closed loop: `concurrency` workers each open a stream, and another when it ends (like
     `wrk -c N`). Each worker starts after a random pause up to `spread` (one stream's
     length), so arrivals are spread as real traffic is, not synchronised bursts; streams
@@ -162,20 +183,21 @@ async def sustained(url: str, direct: bool, concurrency: int, seconds: float, sp
             await asyncio.sleep(rng.uniform(0, spread))
             while time.monotonic() - started < seconds:
                 target = timing if time.monotonic() - started > warmup else discarded
-                await stream_once(http, url, direct, target)
+                await stream_once(http, url, direct, target, surface)
 
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout=seconds + 60)
     return timing
 
 
-async def throughput(url: str, direct: bool, total: int, concurrency: int, budget: float) -> float:
+async def throughput(url: str, direct: bool, total: int, concurrency: int, budget: float,
+                     surface: str = "chat") -> float:
     done = 0
     semaphore = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
         async def one() -> None:
             nonlocal done
-            async with semaphore, post_chat(http, url, direct, stream=False) as response:
+            async with semaphore, post_chat(http, url, direct, stream=False, surface=surface) as response:
                 await response.read()
                 done += response.status == 200
 
@@ -236,16 +258,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def relay_cpu_cost(streams: int) -> dict[str, float]:
-    """The relay's own CPU time per stream set-up and per streamed piece, read from /proc:
-    the same number of streams with 2 and with 42 pieces (10 ms apart, so each piece is
-    its own read and write), 50 at a time."""
+def relay_cpu_cost(streams: int, surface: str = "chat") -> dict[str, float]:
+    """The relay's own CPU time per stream set-up and per streamed piece on `surface`, read
+    from /proc: the same number of streams with 2 and with 42 pieces (10 ms apart, so each
+    piece is its own read and write), 50 at a time."""
     per_stream = {}
     for pieces in (2, 42):
         with stack(0.0, 0.01, pieces) as s:
-            asyncio.run(wave(s["relay"], False, 50, 2, 60))  # warm-up
+            asyncio.run(wave(s["relay"], False, 50, 2, 60, surface))  # warm-up
             before = cpu_seconds(s["relay_pid"])
-            timing = asyncio.run(wave(s["relay"], False, 50, streams // 50, 120))
+            timing = asyncio.run(wave(s["relay"], False, 50, streams // 50, 120, surface))
             per_stream[pieces] = (cpu_seconds(s["relay_pid"]) - before) / (streams // 50 * 50)
             if timing.errors:
                 raise RuntimeError(f"{timing.errors} streams failed while measuring CPU cost")
@@ -284,20 +306,32 @@ PROFILES: dict[str, tuple[float, float, int]] = {
 
 def overhead_levels(first_byte: float, token_delay: float, words: int, levels: list[int], seconds: float,
                     bursts: bool = False, relay_own_core: bool = False,
-                    relay_extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+                    relay_extra_env: dict[str, str] | None = None, surface: str = "chat") -> dict[str, Any]:
     stream_seconds = first_byte + token_delay * words
     out: dict[str, Any] = {"sustained": {}, "bursts": {}}
     with (stack(first_byte, token_delay, words, relay_extra_env=relay_extra_env) as s,
           relay_on_its_own_core(s) if relay_own_core else nullcontext()):
         for c in levels:
             direct = asyncio.run(sustained(s["sim"], True, c, seconds, spread=stream_seconds))
-            relayed = asyncio.run(sustained(s["relay"], False, c, seconds, spread=stream_seconds))
+            relayed = asyncio.run(sustained(s["relay"], False, c, seconds, spread=stream_seconds, surface=surface))
             out["sustained"][c] = summarise(direct, relayed)
         for c in levels if bursts else []:
             direct = asyncio.run(wave(s["sim"], True, c, 3, 120))
-            relayed = asyncio.run(wave(s["relay"], False, c, 3, 120))
+            relayed = asyncio.run(wave(s["relay"], False, c, 3, 120, surface))
             out["bursts"][c] = summarise(direct, relayed)
     return out
+
+
+def surfaces_compared(streams: int, seconds: float) -> dict[str, dict[str, float]]:
+    """The same answers through each OpenAI endpoint: the relay's CPU per set-up and per
+    piece, the overhead at 100 fast streams, and short non-streamed requests per second."""
+    rows: dict[str, dict[str, float]] = {}
+    for surface in SURFACES:
+        overhead = overhead_levels(*PROFILES["fast"], [100], seconds, surface=surface)["sustained"][100]
+        with stack(0.0, 0.0, 3) as s:
+            rps = asyncio.run(throughput(s["relay"], False, streams, 64, 120, surface))
+        rows[surface] = {**relay_cpu_cost(streams, surface), **overhead, "rps_short_non_streamed": rps}
+    return rows
 
 
 def main() -> None:
@@ -311,6 +345,7 @@ def main() -> None:
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "platform": platform.platform()}}
     results["relay_cpu"] = relay_cpu_cost(300 if args.quick else 1000)
+    results["surfaces"] = surfaces_compared(300 if args.quick else 1000, 4 if args.quick else 8)
     results["overhead_chat"] = overhead_levels(*PROFILES["chat"], levels, 8 if args.quick else 20)
     results["overhead_fast"] = overhead_levels(*PROFILES["fast"], levels, 4 if args.quick else 8, bursts=True)
     if len(os.sched_getaffinity(0)) >= 2:
@@ -391,10 +426,21 @@ def print_overhead_rows(rows: dict[int, dict[str, float]]) -> None:
               f"{r['overhead_total_p99_ms']:>10.2f} {r['samples']:>8} {r['errors']:>7}")
 
 
+def print_surfaces(rows: dict[str, dict[str, float]]) -> None:
+    print("\nby endpoint: relay CPU, overhead at 100 fast streams (ms), short non-streamed req/s")
+    print(f"{'endpoint':>12} {'set-up ms':>10} {'piece us':>9} {'added p50':>10} {'added p99':>10} "
+          f"{'total p99':>10} {'req/s':>7} {'errors':>7}")
+    for surface, r in rows.items():
+        print(f"{surface:>12} {r['setup_ms']:>10.2f} {r['per_piece_us']:>9.0f} {r['added_first_piece_p50_ms']:>10.2f} "
+              f"{r['added_first_piece_p99_ms']:>10.2f} {r['overhead_total_p99_ms']:>10.2f} "
+              f"{r['rps_short_non_streamed']:>7.0f} {r['errors']:>7}")
+
+
 def print_table(results: dict[str, Any]) -> None:
     print(f"\nmachine: {results['machine']}")
     cpu = results["relay_cpu"]
     print(f"\nrelay CPU: {cpu['setup_ms']:.2f} ms per stream set-up, {cpu['per_piece_us']:.0f} us per streamed piece")
+    print_surfaces(results["surfaces"])
     for key, profile in (("overhead_chat", "chat-like: 20 pieces/s, ~3 s answers"),
                          ("overhead_fast", "fast: 44 pieces/s, ~0.45 s answers"),
                          ("overhead_chat_own_core", "chat-like, the relay on a core of its own "

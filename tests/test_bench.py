@@ -39,6 +39,15 @@ def test_overhead_measurement_runs_through_the_relay_and_reads_the_simulator_sta
     bench.print_overhead_rows(result)
 
 
+@pytest.mark.parametrize("surface", ["responses", "completions"])
+def test_each_endpoint_is_measured_from_its_first_text_chunk(surface: str) -> None:
+    bench = load_bench()
+    row = bench.overhead_levels(0.0, 0.01, 5, levels=[3], seconds=1.0, surface=surface)["sustained"][3]
+    assert row["errors"] == 0 and row["samples"] > 0
+    # Finite only when the chunk the bench took for the first text carried the simulator's stamps.
+    assert math.isfinite(row["added_first_piece_p50_ms"])
+
+
 def test_relay_cpu_cost_is_read_from_the_relay_process() -> None:
     cost = load_bench().relay_cpu_cost(100)
     assert cost["setup_ms"] > 0 and cost["per_piece_us"] > 0
