@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from gptomni_common.upstream.protocol import Outcome
 from gptomni_relay.core.errors import AllBusy
 from gptomni_relay.core.pool import Credential, PoolMode
 from gptomni_relay.core.shared_pool import SharedCredentialPool, SharedLease
@@ -103,6 +104,21 @@ async def test_a_release_during_re_registration_leaves_nothing_in_the_store(
     await tick(a)
     assert a.total_in_flight() == 0
     assert redis_server.client().zcard("{recovery}:leases:c") == 0
+
+
+async def test_a_rate_limit_during_re_registration_reaches_the_store(replicas, redis_server: RedisServer) -> None:  # noqa: ANN001
+    a = await replicas("a", cookie("c", 2), expected=1)
+    redis_server.stop()
+    await tick(a)
+    [lease] = await take(a, 1)
+    redis_server.start()
+    rejoining = asyncio.ensure_future(a.sync_once())
+    for _ in range(5):  # until the first registration is on its way
+        await asyncio.sleep(0)
+    lease.report(Outcome.RATE_LIMITED, retry_after=30)  # in fallback still: learnt locally only
+    lease.release()
+    await rejoining
+    assert 25_000 < redis_server.client().pttl("{recovery}:cooling:c") <= 30_000  # the others see it too
 
 
 async def test_an_idle_replica_regains_its_share_one_lease_time_into_an_outage(

@@ -417,14 +417,21 @@ class SharedCredentialPool:
         store (whether the store lost them or not), then settles (shared_modes.Settling)."""
         for lease in self._leases.values():
             lease.registered = False
-        now = self._local.now()
-        cooling = [(s.credential.id, s.cooling_until - now) for s in self._local.slots() if s.cooling_until > now]
-        ejected = [(s.credential.id, cookie_fingerprint(s.credential.cookie)) for s in self._local.slots() if s.ejected]
-        registered = await self._register_pending(cooling, ejected, always=True)  # a round trip, even if empty
-        # From here on, acquires go through the store (within the share).
+        registered = await self._register_pending(*self._learnt(), always=True)  # a round trip, even if empty
+        # From here on, acquires go through the store (within the share), and verdicts are written there.
         self._move(Rejoined(self._local.now(), self._sync_seconds, self._lease_seconds))
-        registered += await self._register_pending()  # those taken in fallback during that await
+        # Leases taken and verdicts learnt in fallback during that await: all verdicts again
+        # (a cooldown in the store is only ever lengthened, an ejection written twice is one).
+        registered += await self._register_pending(*self._learnt())
         self._registered_on_return = registered
+
+    def _learnt(self) -> tuple[list[tuple[str, float]], list[tuple[str, str]]]:
+        """The cooldowns and ejections of the local ledger, to put into the store on rejoining."""
+        now = self._local.now()
+        slots = self._local.slots()
+        cooling = [(s.credential.id, s.cooling_until - now) for s in slots if s.cooling_until > now]
+        ejected = [(s.credential.id, cookie_fingerprint(s.credential.cookie)) for s in slots if s.ejected]
+        return cooling, ejected
 
     async def _register_pending(self, cooling: list[tuple[str, float]] | None = None,
                                 ejected: list[tuple[str, str]] | None = None, always: bool = False) -> int:
