@@ -186,3 +186,29 @@ def test_unreachable_upstream_is_502_after_failover(make_relay) -> None:  # noqa
     assert "connection failed" in error["message"]
     assert 'gptomni_failovers_total 1.0' in relay.metrics_text()
     assert relay.state.pool.total_in_flight() == 0
+
+
+def test_every_answer_carries_a_request_id_the_sdk_reads(make_relay) -> None:  # noqa: ANN001
+    # `e.request_id` (Node: `requestID`) is what a user quotes in a bug report: errors,
+    # the models routes and unknown URLs carry `x-request-id` as answers do.
+    relay = make_relay(sim=SimulatorState(default=Behaviour(status=429, retry_after=7)))
+    client = relay.client()
+    refusals: list[tuple[type[openai.APIStatusError], Any]] = [
+        (openai.BadRequestError, lambda: client.chat.completions.create(model="gptomni", messages=HELLO, n=2)),
+        (openai.NotFoundError, lambda: client.chat.completions.create(model="gpt-9", messages=HELLO)),
+        (openai.NotFoundError, lambda: client.responses.create(model="gpt-9", input="Hello")),
+        (openai.NotFoundError, lambda: client.models.retrieve("gpt-9")),
+        (openai.NotFoundError, lambda: client.embeddings.create(model="gptomni", input="Hello")),
+        (openai.RateLimitError, lambda: client.chat.completions.create(model="gptomni", messages=HELLO)),
+        (openai.AuthenticationError, lambda: openai.OpenAI(base_url=f"{relay.url}/v1", api_key="sk-wrong",
+                                                           max_retries=0).models.list()),
+    ]
+    ids = []
+    for error_type, call in refusals:
+        with pytest.raises(error_type) as caught:
+            call()
+        assert caught.value.request_id is not None and caught.value.request_id.startswith("req_"), error_type
+        ids.append(caught.value.request_id)
+    assert len(set(ids)) == len(ids)
+    assert client.models.with_raw_response.list().request_id.startswith("req_")
+    assert client.models.with_raw_response.retrieve("gptomni").request_id.startswith("req_")

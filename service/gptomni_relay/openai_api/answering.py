@@ -27,7 +27,7 @@ from gptomni_relay.metrics import UNKNOWN_MODEL, RelayMetrics
 from gptomni_relay.openai_api.admission import admit, token_counter
 from gptomni_relay.openai_api.answer_writer import CLIENT_GONE, AnswerWriter
 from gptomni_relay.openai_api.auth import require_api_key
-from gptomni_relay.openai_api.errors import APIError, error_for
+from gptomni_relay.openai_api.errors import APIError, error_for, new_request_id
 from gptomni_relay.openai_api.event_stream import EventStreamResponse
 from gptomni_relay.openai_api.hang_up import HangUpWatch
 from gptomni_relay.openai_api.request_reading import read_limited_body
@@ -119,7 +119,8 @@ def _refuse(relay: RelayState, surface: Surface, error: APIError, model: str, st
             key_name: str | None) -> Response:
     duration = time.monotonic() - started
     relay.metrics.observe_request(model, error.status, stream, duration, key_name)
+    request_id = new_request_id()  # in the log line too: the id a client quotes finds it
     log.info(surface.log_message, extra={
-        "model": model, "stream": stream, "status": error.status, "code": error.code, "api_key": key_name,
+        "request_id": request_id, "model": model, "stream": stream, "status": error.status, "code": error.code, "api_key": key_name,
         "duration_ms": round(duration * 1000, 1)})
-    return error.response()
+    return error.response(request_id)

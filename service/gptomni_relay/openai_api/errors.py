@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -41,6 +42,13 @@ _TYPE_BY_STATUS = {
 MAX_RETRY_AFTER_SECONDS = 3600
 
 
+def new_request_id() -> str:
+    """The `x-request-id` of a response that is no completion (an error, the models list):
+    the SDKs read it into `request_id` / `requestID`, what a user quotes in a bug report.
+    A completion's own id (`chatcmpl-...`, `resp_...`) is its request id."""
+    return f"req_{uuid.uuid4().hex}"
+
+
 class APIError(Exception):
     def __init__(
         self,
@@ -65,13 +73,15 @@ class APIError(Exception):
     def body(self) -> ErrorResponse:
         return ErrorResponse(error=ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code))
 
-    def headers(self) -> dict[str, str]:
-        if self.retry_after is None or not math.isfinite(self.retry_after):
-            return {}
-        return {"Retry-After": str(min(MAX_RETRY_AFTER_SECONDS, max(1, math.ceil(self.retry_after))))}
+    def headers(self, request_id: str) -> dict[str, str]:
+        headers = {"x-request-id": request_id}
+        if self.retry_after is not None and math.isfinite(self.retry_after):
+            headers["Retry-After"] = str(min(MAX_RETRY_AFTER_SECONDS, max(1, math.ceil(self.retry_after))))
+        return headers
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body().model_dump(), status_code=self.status, headers=self.headers())
+    def response(self, request_id: str | None = None) -> JSONResponse:
+        return JSONResponse(self.body().model_dump(), status_code=self.status,
+                            headers=self.headers(request_id or new_request_id()))
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

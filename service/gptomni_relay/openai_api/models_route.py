@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gptomni_relay.openai_api.auth import require_api_key
-from gptomni_relay.openai_api.errors import APIError
+from gptomni_relay.openai_api.errors import APIError, new_request_id
 from gptomni_relay.openai_api.schemas import Model, ModelList
 
 _STARTED = int(time.time())
@@ -18,7 +18,8 @@ _STARTED = int(time.time())
 async def list_models(request: Request) -> Response:
     require_api_key(request)
     models = request.app.state.relay.settings.model_names
-    return JSONResponse(ModelList(data=[Model(id=model_id, created=_STARTED) for model_id in models]).model_dump())
+    return JSONResponse(ModelList(data=[Model(id=model_id, created=_STARTED) for model_id in models]).model_dump(),
+                        headers={"x-request-id": new_request_id()})
 
 
 async def get_model(request: Request) -> Response:
@@ -26,7 +27,7 @@ async def get_model(request: Request) -> Response:
     model_id = request.path_params["model_id"]
     if request.app.state.relay.settings.model_id(model_id) is None:
         raise APIError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
-    return JSONResponse(Model(id=model_id, created=_STARTED).model_dump())
+    return JSONResponse(Model(id=model_id, created=_STARTED).model_dump(), headers={"x-request-id": new_request_id()})
 
 
 routes = [
