@@ -31,3 +31,10 @@ def codex() -> Path:
     if not binary.is_file():
         missing(f"the Codex CLI (npm @openai/codex) in {NPM_CLIENTS}", STEP)
     return binary
+
+
+def js_tiktoken() -> Path:
+    package = NPM_CLIENTS / "node_modules" / "js-tiktoken"
+    if not (package / "dist" / "lite.cjs").is_file():
+        missing(f"the npm package js-tiktoken in {NPM_CLIENTS}", STEP)
+    return package

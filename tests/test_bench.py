@@ -101,3 +101,16 @@ def test_shared_pool_cost_measures_both_pools(tmp_path: Path) -> None:
     assert rows[("local", 2)]["c_pairs_per_s"] > 0
     assert rows[("redis", 2)]["c_per_batch"] > 1  # 50 requests at once share writes to Redis
     cost.print_table({key: cost.median_row([row, row]) for key, row in rows.items()}, 2)
+
+
+def test_token_estimate_error_is_measured_against_a_real_tokenizer() -> None:
+    from tests.real_clients import js_tiktoken, node
+
+    node()
+    error = load_bench("token_estimate_error")
+    texts = ["The relay folds the whole conversation into one prompt.", "中继把对话折叠成一个提示。"]
+    row = error.measure(js_tiktoken(), texts, "o200k_base")
+    # Real counts from the BPE ranks (a wrong path or encoding fails in node): both texts
+    # are a dozen tokens or so, and the estimate is within a factor of two of them.
+    assert row["samples"] == 2 and 10 <= row["real"] <= 40
+    assert 0.5 <= row["total"] <= 2

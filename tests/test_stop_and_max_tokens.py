@@ -17,6 +17,11 @@ HELLO = [{"role": "user", "content": "Hello relay"}]
 EXPECTED = "Hello from the GPT-Omni simulator! You said: Hello relay"
 
 
+def longest_start_within(text: str, tokens: int) -> str:
+    """What a cut at `tokens` keeps, by the relay's estimate (core/usage.py)."""
+    return max((text[:end] for end in range(len(text) + 1) if estimate_tokens(text[:end]) <= tokens), key=len)
+
+
 def streamed(pieces: list[str], stops: tuple[str, ...], max_tokens: int | None) -> tuple[str, str | None, int]:
     cutter = TextCutter(stops, max_tokens)
     out = []
@@ -60,7 +65,7 @@ def test_only_a_possible_stop_start_is_held_back() -> None:
 
 
 def test_an_answer_ending_inside_a_possible_stop_keeps_that_text() -> None:
-    assert cut_text("the end is EN", ("END",)) == ("the end is EN", "stop", 4)
+    assert cut_text("the end is EN", ("END",)) == ("the end is EN", "stop", estimate_tokens("the end is EN"))
 
 
 def test_stop_across_pieces_non_streamed_and_streamed(relay: Harness) -> None:
@@ -83,12 +88,12 @@ def test_max_tokens_cuts_with_finish_reason_length(relay: Harness, param: str) -
     client = relay.client()
     completion = client.chat.completions.create(model="gptomni", messages=HELLO, **{param: 5})
     assert completion.choices[0].finish_reason == "length"
-    assert completion.choices[0].message.content == EXPECTED[:20]  # ~4 characters per token (core/usage.py)
+    assert completion.choices[0].message.content == longest_start_within(EXPECTED, 5)
     assert completion.usage is not None and completion.usage.completion_tokens == 5
 
     chunks = list(client.chat.completions.create(model="gptomni", messages=HELLO, stream=True, **{param: 5},
                                                  stream_options={"include_usage": True}))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == EXPECTED[:20]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == longest_start_within(EXPECTED, 5)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
 
@@ -101,7 +106,7 @@ def test_a_limit_the_answer_fits_in_finishes_with_stop(relay: Harness) -> None:
 def test_the_smaller_of_both_limits_holds(relay: Harness) -> None:
     completion = relay.client().chat.completions.create(model="gptomni", messages=HELLO, max_tokens=9,
                                                         max_completion_tokens=2)
-    assert completion.choices[0].message.content == EXPECTED[:8]
+    assert completion.choices[0].message.content == longest_start_within(EXPECTED, 2)
 
 
 def test_a_cut_stream_stops_reading_gpt_omni(make_relay) -> None:  # noqa: ANN001

@@ -23,7 +23,8 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 
 if [ -f "$cache/package.json" ] && cmp -s "$manifest" "$cache/package.json" \
-    && [ -x "$cache/node_modules/.bin/codex" ] && [ -f "$cache/node_modules/openai/package.json" ]; then
+    && [ -x "$cache/node_modules/.bin/codex" ] && [ -f "$cache/node_modules/openai/package.json" ] \
+    && [ -f "$cache/node_modules/js-tiktoken/package.json" ]; then
     exit 0
 fi
 mkdir -p "$cache"
