@@ -314,3 +314,40 @@ def test_a_cheap_body_that_is_costly_to_validate_is_refused_cheaply(relay_proces
     grown_mb = relay.peak_memory_mb() - baseline_mb
     assert grown_mb < 48, f"the relay's peak memory grew by {grown_mb:.0f} MB"
     bystander.assert_not_starved()
+
+
+def _count(number: int) -> str:
+    return f"{number:,}"
+
+
+def test_the_docs_state_the_bounds_the_code_holds() -> None:
+    # request_bounds.py is the one place the counts are written; the docs that repeat them
+    # for readers must say what the code does (they once kept 4096 / 1024 after a lowering).
+    from pathlib import Path
+
+    from gptomni_relay.core.shaping import MAX_TOOLS
+    from gptomni_relay.openai_api.request_bounds import CHAT_COMPLETIONS_BOUNDS as CHAT_B
+    from gptomni_relay.openai_api.request_bounds import COMPLETIONS_BOUNDS as LEGACY_B
+    from gptomni_relay.openai_api.request_bounds import RESPONSES_BOUNDS as RESP_B
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    chat, resp, legacy = CHAT_B.array_caps, RESP_B.array_caps, LEGACY_B.array_caps
+    assert resp["input[].content"] == resp["input[].output"]  # the docs give them as one count
+    assert chat["tools"] == chat["functions"] == chat["messages[].tool_calls"] == MAX_TOOLS
+    assert CHAT_B.max_array_items == RESP_B.max_array_items == LEGACY_B.max_array_items
+    assert CHAT_B.max_depth == RESP_B.max_depth == LEGACY_B.max_depth
+    assert CHAT_B.max_values == RESP_B.max_values == LEGACY_B.max_values
+    security = " ".join((docs / "security.md").read_text().split())
+    assert (f"Chat: {chat['messages']} `messages`, {chat['messages[].content']} `content` parts and "
+            f"{MAX_TOOLS} `tool_calls` a message, {MAX_TOOLS} `tools` / `functions`, {chat['stop']} `stop`. "
+            f"Responses: {resp['input']} `input` items, {resp['input[].content']} `content` / `output` parts an "
+            f"item, {resp['tools']} `tools` of any kind (function tools then at most {MAX_TOOLS}, as in chat). "
+            f"Legacy completions: {legacy['prompt']} `prompt` entries, {legacy['stop']} `stop`. "
+            f"Every route: {CHAT_B.max_array_items} items in any other array, {CHAT_B.max_depth} levels of "
+            f"nesting") in security
+    assert f"{_count(CHAT_B.max_values)} array items and object members in all" in security
+    responses = " ".join((docs / "responses.md").read_text().split())
+    assert (f"at most {resp['input']} input items, {resp['input[].content']} content or output parts per item, "
+            f"{resp['tools']} tools in `tools` (of which at most {MAX_TOOLS} function tools, as in chat), "
+            f"{CHAT_B.max_array_items} items in any other array, {RESP_B.max_depth} levels of nesting and "
+            f"{_count(RESP_B.max_values)} values in all") in responses
