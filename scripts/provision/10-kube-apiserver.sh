@@ -46,12 +46,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         "${missing[@]}" >/dev/null
 fi
 
-mkdir -p "$CACHE_DIR"
-work="$(mktemp -d "$CACHE_DIR/build.XXXXXX")"
-trap 'rm -rf --one-file-system "$work"' EXIT
-# apt drops privileges to _apt for downloads: let it write here.
-chmod 755 "$work" && chown _apt "$work" 2>/dev/null || true
-cd "$work"
+enter_build_dir
 
 started=$SECONDS
 unpack_kubernetes_source

@@ -57,12 +57,7 @@ fi
 
 install_packages "${BUILD_PACKAGES[@]}"
 ensure_deb_src
-mkdir -p "$CACHE_DIR"
-work="$(mktemp -d "$CACHE_DIR/build.XXXXXX")"
-trap 'rm -rf --one-file-system "$work"' EXIT
-# apt drops privileges to _apt for downloads: let it write here.
-chmod 755 "$work" && chown _apt "$work" 2>/dev/null || true
-cd "$work"
+enter_build_dir
 
 started=$SECONDS
 unpack_kubernetes_source

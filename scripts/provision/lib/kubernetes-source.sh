@@ -30,6 +30,17 @@ SOURCES
     apt_update
 }
 
+# Into a scratch build directory under $CACHE_DIR (the results' filesystem, so installing
+# them is a rename), removed when the step exits.
+enter_build_dir() {
+    mkdir -p "$CACHE_DIR"
+    work="$(mktemp -d "$CACHE_DIR/build.XXXXXX")"
+    trap 'rm -rf --one-file-system "$work"' EXIT
+    # apt drops privileges to _apt for downloads: let it write here.
+    chmod 755 "$work" && chown _apt "$work" 2>/dev/null || true
+    cd "$work" || exit 1
+}
+
 # The source tree in ./src and ./version.env (the current directory must be writable by _apt).
 unpack_kubernetes_source() {
     apt-get "${apt_options[@]}" source -qq --download-only "$KUBE_SOURCE_PACKAGE" >/dev/null
