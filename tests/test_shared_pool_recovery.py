@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -89,16 +90,23 @@ async def test_the_first_replica_back_keeps_the_share_it_had(replicas, redis_ser
     assert in_flight(a, b) == 3
 
 
-async def test_a_release_during_re_registration_leaves_nothing_in_the_store(
-        replicas, redis_server: RedisServer) -> None:  # noqa: ANN001
-    a = await replicas("a", cookie("c", 2), expected=1)
+async def rejoin_holding_a_lease(a: Any, redis_server: RedisServer) -> tuple[Any, asyncio.Future[None]]:
+    """A lease taken in fallback during an outage, then the store back and the first
+    registration on its way (not yet answered)."""
     redis_server.stop()
     await tick(a)
     [lease] = await take(a, 1)
     redis_server.start()
     rejoining = asyncio.ensure_future(a.sync_once())
-    for _ in range(5):  # until the registration is on its way
+    for _ in range(5):
         await asyncio.sleep(0)
+    return lease, rejoining
+
+
+async def test_a_release_during_re_registration_leaves_nothing_in_the_store(
+        replicas, redis_server: RedisServer) -> None:  # noqa: ANN001
+    a = await replicas("a", cookie("c", 2), expected=1)
+    lease, rejoining = await rejoin_holding_a_lease(a, redis_server)
     lease.release()
     await rejoining
     await tick(a)
@@ -108,13 +116,7 @@ async def test_a_release_during_re_registration_leaves_nothing_in_the_store(
 
 async def test_a_rate_limit_during_re_registration_reaches_the_store(replicas, redis_server: RedisServer) -> None:  # noqa: ANN001
     a = await replicas("a", cookie("c", 2), expected=1)
-    redis_server.stop()
-    await tick(a)
-    [lease] = await take(a, 1)
-    redis_server.start()
-    rejoining = asyncio.ensure_future(a.sync_once())
-    for _ in range(5):  # until the first registration is on its way
-        await asyncio.sleep(0)
+    lease, rejoining = await rejoin_holding_a_lease(a, redis_server)
     lease.report(Outcome.RATE_LIMITED, retry_after=30)  # in fallback still: learnt locally only
     lease.release()
     await rejoining
