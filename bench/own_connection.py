@@ -9,6 +9,7 @@ from typing import Any
 import hiredis
 
 from gptomni_relay.core.shared_store import Candidate, SharedStore
+from gptomni_relay.infra.redis_connection import connect_store
 
 
 class _Capture:
@@ -36,7 +37,7 @@ def captured_acquire(candidates: list[Candidate], member: str) -> list[str]:
 
 async def own_pair(url: str) -> tuple[Callable[[Any], Awaitable[Any]], Callable[[Any], Awaitable[Any]],
                                       Callable[[], Awaitable[None]]]:
-    store = SharedStore.connect(url, None, 1.0, "bench", lease_seconds=30)
+    store = connect_store(url, None, 1.0, "bench", lease_seconds=30)
     prepared: dict[int, Any] = {}
 
     async def acquire(call: Any) -> Any:

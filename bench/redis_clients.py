@@ -206,7 +206,7 @@ def main() -> None:
             for name, measured in runs.items():
                 rows[(name, count)] = {key: statistics.median(run[key] for run in measured) for key in measured[0]}
     print(f"\nacquire script + release through each client, medians of {args.repeats} runs")
-    print(f"| client | creds | " + " | ".join(title for _, title in COLUMNS) + " |")
+    print("| client | creds | " + " | ".join(title for _, title in COLUMNS) + " |")
     print("| --- | ---: | " + " | ".join("---:" for _ in COLUMNS) + " |")
     for (name, count), row in rows.items():
         print(f"| {name} | {count} | " + " | ".join(f"{row[key]:,.0f}" for key, _ in COLUMNS) + " |")

@@ -41,6 +41,7 @@ from gptomni_relay.cli import event_loop_factory
 from gptomni_relay.core.pool import Credential, CredentialPool
 from gptomni_relay.core.shared_pool import SharedCredentialPool
 from gptomni_relay.core.shared_store import SharedStore
+from gptomni_relay.infra.redis_connection import connect_store
 
 CREDENTIAL_COUNTS = (1, 8, 32)
 CONCURRENCY = 50
@@ -143,7 +144,7 @@ async def measure(url: str | None, count: int, pairs: int, seconds: float) -> di
     if url is None:
         pool = CredentialPool()
     else:
-        store = SharedStore.connect(url, None, 1.0, f"bench{count}", lease_seconds=30)
+        store = connect_store(url, None, 1.0, f"bench{count}", lease_seconds=30)
         pool = SharedCredentialPool(store, replica_id="bench", expected_replicas=1, lease_seconds=30,
                                     sync_seconds=0.5)
     pool.replace(credentials(count))

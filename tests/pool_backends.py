@@ -11,7 +11,7 @@ from typing import Any
 
 from gptomni_relay.core.pool import Credential, CredentialPool, CredentialStatus
 from gptomni_relay.core.shared_pool import SharedCredentialPool
-from gptomni_relay.core.shared_store import SharedStore
+from gptomni_relay.infra.redis_connection import connect_store
 from tests.polling import FakeClock
 from tests.redis_server import RedisServer
 
@@ -57,7 +57,7 @@ class OnRedis(InProcess):
     def __init__(self, server: RedisServer) -> None:
         self.clock = FakeClock()
         self.redis = server.client()
-        store = SharedStore.connect(server.url, None, 2.0, PREFIX, lease_seconds=30)
+        store = connect_store(server.url, None, 2.0, PREFIX, lease_seconds=30)
         # No ticks of its own (sync_seconds far beyond any test): `settled` syncs by hand.
         self.pool = SharedCredentialPool(store, replica_id="r", expected_replicas=1, lease_seconds=30,
                                          sync_seconds=3600, cooldown_base_seconds=BASE, cooldown_max_seconds=MAX,

@@ -15,7 +15,7 @@ from gptomni_common.upstream.protocol import Outcome
 from gptomni_relay.core.errors import AllBusy
 from gptomni_relay.core.pool import Credential, PoolMode
 from gptomni_relay.core.shared_pool import SharedCredentialPool, SharedLease
-from gptomni_relay.core.shared_store import SharedStore
+from gptomni_relay.infra.redis_connection import connect_store
 from tests.polling import FakeClock, eventually
 from tests.redis_server import RedisServer
 
@@ -32,7 +32,7 @@ async def replicas(redis_server: RedisServer) -> AsyncIterator[Callable[..., obj
 
     async def make(name: str, credential: Credential, expected: int = 2,
                    clock: FakeClock | None = None) -> SharedCredentialPool:
-        store = SharedStore.connect(redis_server.url, None, 0.5, "recovery", LEASE)
+        store = connect_store(redis_server.url, None, 0.5, "recovery", LEASE)
         # A sync period longer than any test: ticks come from sync_once() calls only.
         pool = SharedCredentialPool(store, replica_id=name, expected_replicas=expected, lease_seconds=LEASE,
                                     sync_seconds=3600, **({"clock": clock} if clock else {}))

@@ -107,6 +107,12 @@ class RelaySettings(BaseSettings):
     redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = None
+    # Managed Redis (docs/shared-pool.md): an ACL user (AUTH user password), the CA that signed
+    # a rediss:// server's certificate (a mounted file), and the name given with CLIENT
+    # SETNAME ("" sends none; a user without client|setname rights is served all the same).
+    redis_username: str | None = Field(None, min_length=1, max_length=256, pattern=r"^\S+$")
+    redis_ca_file: Path | None = None
+    redis_client_name: str = Field("gptomni-relay", pattern=r"^[!-~]{0,64}$")
     redis_timeout_seconds: float = Field(0.5, gt=0, le=30)
     redis_key_prefix: str = Field("gptomni", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     # A slot's lease: renewed every sync tick (min(0.5 s, a quarter of this)) while the

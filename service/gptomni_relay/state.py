@@ -38,6 +38,7 @@ from gptomni_relay.core.shaping.schemas import SchemaChecks
 from gptomni_relay.core.shared_pool import SharedCredentialPool
 from gptomni_relay.core.shared_store import SharedStore, printable_url
 from gptomni_relay.file_watch import FileWatcher, read_bounded
+from gptomni_relay.infra import redis_connection
 from gptomni_relay.metrics import FailoverMetrics, RelayMetrics
 from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
 from gptomni_relay.tracing import FailoverSpans
@@ -165,9 +166,12 @@ def connect_store(settings: RelaySettings) -> SharedStore | None:
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read GPTOMNI_REDIS_PASSWORD_FILE: {exc}") from None
     try:
-        return SharedStore.connect(settings.redis_url, password, settings.redis_timeout_seconds,
-                                   settings.redis_key_prefix, settings.pool_lease_seconds)
-    except (OSError, ValueError) as exc:  # the URL's TLS options or files
+        return redis_connection.connect_store(
+            settings.redis_url, password, settings.redis_timeout_seconds, settings.redis_key_prefix,
+            settings.pool_lease_seconds, username=settings.redis_username,
+            ca_file=str(settings.redis_ca_file) if settings.redis_ca_file is not None else None,
+            client_name=settings.redis_client_name or None)
+    except (OSError, ValueError) as exc:  # the URL's TLS options or files (never the password: not in exc)
         raise ConfigurationError(f"GPTOMNI_REDIS_URL: {exc}") from None
 
 

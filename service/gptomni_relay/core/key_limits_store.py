@@ -35,8 +35,8 @@ from gptomni_relay.core.key_limits import (
     day_number,
     seconds_to_midnight,
 )
-from gptomni_relay.core.pipelined_connection import StoreUnavailable
 from gptomni_relay.core.shared_store import Script, SharedStore
+from gptomni_relay.core.store_link import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

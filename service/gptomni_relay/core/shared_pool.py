@@ -38,7 +38,6 @@ from functools import partial
 from gptomni_common.upstream.protocol import Outcome
 from gptomni_relay.core import pool_policy
 from gptomni_relay.core.errors import AllBusy, NoCredentials, PoolUnavailable
-from gptomni_relay.core.pipelined_connection import StoreUnavailable
 from gptomni_relay.core.pool import (
     Credential,
     CredentialPool,
@@ -63,6 +62,7 @@ from gptomni_relay.core.shared_modes import (
     transition,
 )
 from gptomni_relay.core.shared_store import Candidate, SharedStore, cookie_fingerprint
+from gptomni_relay.core.store_link import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

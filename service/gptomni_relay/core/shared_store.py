@@ -32,15 +32,8 @@ from urllib.parse import urlsplit
 
 from gptomni_relay.core import pool_policy
 from gptomni_relay.core.errors import PoolUnavailable
-from gptomni_relay.core.pipelined_connection import (
-    Endpoint,
-    PipelinedConnection,
-    StoreUnavailable,
-    encode_bulk,
-    encode_command,
-    encode_parts,
-)
 from gptomni_relay.core.pool_policy import LUA_COOLDOWN_DELAY, Cooldowns, Tally
+from gptomni_relay.core.store_link import StoreLink, StoreUnavailable, encode_bulk, encode_command, encode_parts
 
 VERDICT_KEEP_SECONDS = 24 * 3600  # ejections and strike counts of credentials nobody uses any more fade away
 
@@ -267,11 +260,12 @@ class Script:
 
 
 class SharedStore:
-    """Every command goes over one pipelined connection (pipelined_connection.py): the
+    """Every command goes over one link (core/store_link.py; the relay's is the pipelined
+    connection of infra/redis_connection.py, wired in by state.py): the
     request path's acquire and release as much as the sync tick's, so a connection left
     stale by a store restart is found, and replaced, by whichever command comes first."""
 
-    def __init__(self, line: PipelinedConnection, prefix: str, lease_seconds: float) -> None:
+    def __init__(self, line: StoreLink, prefix: str, lease_seconds: float) -> None:
         self._line = line
         self._tag = f"{{{prefix}}}"
         self._lease_ms = max(1, round(lease_seconds * 1000))
@@ -280,13 +274,6 @@ class SharedStore:
         self._sync = Script(SYNC)
         self._register = Script(REGISTER)
 
-    @classmethod
-    def connect(cls, url: str, password: str | None, timeout_seconds: float, prefix: str,
-                lease_seconds: float) -> SharedStore:
-        """Connects lazily, at the first command, and fails fast: no retries of its own (the
-        pool falls back instead); a command unanswered after `timeout_seconds` fails."""
-        return cls(PipelinedConnection(Endpoint.from_url(url, password), timeout_seconds), prefix, lease_seconds)
-
     async def aclose(self) -> None:
         await self._line.aclose()
 
@@ -294,7 +281,7 @@ class SharedStore:
         self._line.on_lost = callback
 
     def reconnect(self) -> None:
-        """After a failure: the next command connects afresh (see PipelinedConnection)."""
+        """After a failure: the next command connects afresh (see StoreLink)."""
         self._line.reconnect()
 
     @property

@@ -17,8 +17,9 @@ import pytest
 import redis
 
 from gptomni_relay.core.errors import AllBusy, AllCoolingDown
-from gptomni_relay.core.pipelined_connection import Endpoint, StoreUnavailable, encode_bulk, encode_command
 from gptomni_relay.core.shared_store import Candidate, SharedStore
+from gptomni_relay.core.store_link import StoreUnavailable, encode_bulk, encode_command
+from gptomni_relay.infra.redis_connection import Endpoint, connect_store
 from gptomni_relay.settings import RelaySettings
 from gptomni_relay.state import ConfigurationError, build_pool
 from tests.redis_server import RedisServer
@@ -28,7 +29,7 @@ TIMEOUT = 0.5
 
 
 def store_at(url: str, prefix: str = "t") -> SharedStore:
-    return SharedStore.connect(url, None, TIMEOUT, prefix, lease_seconds=30)
+    return connect_store(url, None, TIMEOUT, prefix, lease_seconds=30)
 
 
 @pytest.fixture
@@ -60,12 +61,21 @@ async def test_an_error_reply_fails_only_its_own_command(store: SharedStore, red
     assert line.batches_sent == 1
 
 
-async def test_a_caller_that_stops_waiting_leaves_the_replies_in_order(store: SharedStore) -> None:
+async def test_a_caller_that_stops_waiting_leaves_the_replies_in_order(store: SharedStore,
+                                                                      redis_server: RedisServer) -> None:
     line = store._line
-    first = line.send(command("ECHO", "first"))
-    first.cancel()
-    assert await line.send(command("ECHO", "second")) == "second"
+    assert await line.send(command("PING")) == "PONG"  # connected: the next send is written at the turn's end
+    written = line.batches_sent
+    first = line.send(command("INCR", "abandoned"))
+    for _ in range(100):  # bounded: the flush is the next event-loop turn
+        if line.batches_sent > written:
+            break
+        await asyncio.sleep(0)
+    assert line.batches_sent == written + 1 and line._link.waiting  # on the wire, its reply not read yet
+    first.cancel()  # the caller stops waiting after the command was written
+    assert await line.send(command("ECHO", "second")) == "second"  # the INCR's reply went to nobody
     assert await line.send(command("ECHO", "third")) == "third"
+    assert redis_server.client().get("abandoned") == "1"  # it ran, once
 
 
 async def test_acquire_works_after_the_script_cache_is_flushed(store: SharedStore, redis_server: RedisServer) -> None:
@@ -224,7 +234,7 @@ async def test_a_unix_socket_a_database_and_a_password(tmp_path: Path) -> None:
         with pytest.raises(StoreUnavailable, match="WRONGPASS|invalid"):
             await wrong._line.send(command("PING"))
         await wrong.aclose()
-        shared = SharedStore.connect(f"unix://{socket_path}?db=3", "s3cret", TIMEOUT, "t", lease_seconds=30)
+        shared = connect_store(f"unix://{socket_path}?db=3", "s3cret", TIMEOUT, "t", lease_seconds=30)
         try:
             await shared._line.send(command("SET", "where", "db3"))
             assert await shared._line.send(command("CLIENT", "GETNAME")) == "gptomni-relay"

@@ -1,11 +1,10 @@
 """One connection to the shared store, pipelined: what every Redis command of the relay goes over.
 
 Each request sends two commands to Redis: the acquire script and the release. Through
-redis-py's asyncio client each cost ~110 µs of the relay's CPU on loopback (a connection
-taken from the pool and given back, a task for every timed write, a timeout context and a
-stream reader wake-up for every read), four times a bare round trip; through one of its
-connections used directly, still ~60 µs with the task that serialises callers. So the
-connection is an asyncio protocol of its own, the way pipelining clients work:
+redis-py's asyncio client each cost ~110 µs of the relay's CPU on loopback, through
+valkey-glide ~190 µs and coredis ~380 µs, against ~40 µs here (bench/redis_clients.py,
+docs/performance.md). So the connection is an asyncio protocol of its own, the way
+pipelining clients work:
 
 - a command is written at the end of the event-loop turn it was sent in, together with
   every other command of that turn (one `send(2)` for a burst of requests), and its
@@ -16,11 +15,18 @@ connection is an asyncio protocol of its own, the way pipelining clients work:
   waiting command fails and the connection is dropped (a late reply must never be taken
   for a later command's); the next command connects afresh;
 - an error reply fails only its own command, except NOSCRIPT, where the command is sent
-  again with the script's body (Redis restarted, or its script cache was flushed);
+  again with the script's body (Redis restarted, or its script cache was flushed), and
+  MOVED (a Redis Cluster node that does not own the keys' slot): every key of the relay
+  is under one hash tag, so one node owns them all, and the connection moves to the node
+  named and sends the command again (at most `MAX_REDIRECTS` times); ASK (a slot being
+  migrated) fails that command;
 - replies are bounded in size; anything that is not RESP ends the connection.
 
 The URL is read by redis-py's own parser, so `redis://`, `rediss://` and `unix://` mean
-what they mean there; the hand-shake (AUTH, SELECT, CLIENT SETNAME) is three commands.
+what they mean there. The greeting is AUTH (a password, or an ACL user and its password),
+SELECT and CLIENT SETNAME; SETNAME is a courtesy (it names the relay in CLIENT LIST): a
+user without `client|setname` rights, or a proxy that does not know it, refuses it, and
+the connection is used all the same.
 """
 
 from __future__ import annotations
@@ -31,11 +37,14 @@ import logging
 import re
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+
+from gptomni_relay.core.shared_store import SharedStore
+from gptomni_relay.core.store_link import StoreUnavailable, encode_parts
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +60,30 @@ NODE_CANNOT_SERVE = ("READONLY", "LOADING", "MASTERDOWN")
 HUGE_AGGREGATE = re.compile(rb"[*%~>|]\d{7,}\r")
 
 
-class StoreUnavailable(Exception):
-    """The shared store did not answer (a connection failure, a timeout, an error reply)."""
+# A command sent again to the node a MOVED names at most this often (a Cluster in the middle
+# of a failover may name a node that redirects again; more is a misconfiguration).
+MAX_REDIRECTS = 3
+CLIENT_NAME = "gptomni-relay"
 
 
-def encode_bulk(*values: bytes | str | int) -> bytes:
-    """Values as RESP bulk strings, the form every part of a command takes on the wire."""
-    out = []
-    for value in values:
-        data = value if isinstance(value, bytes) else str(value).encode("utf-8")
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+def moved_to(error: str) -> tuple[str, int] | None:
+    """`MOVED <slot> <host>:<port>` (host may be an IPv6 address, bracketed or not): where to."""
+    parts = error.split(" ")
+    if len(parts) != 3 or parts[0] != "MOVED":
+        return None
+    host, _, port = parts[2].rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
-def encode_command(part_count: int, *encoded_parts: bytes) -> bytes:
-    """A command from parts already encoded by `encode_bulk`, `part_count` of them in all."""
-    return b"*%d\r\n%s" % (part_count, b"".join(encoded_parts))
+@dataclass(frozen=True)
+class Greeting:
+    """A command sent first on every new connection; an optional one may be refused."""
 
-
-def encode_parts(*parts: bytes | str | int) -> bytes:
-    return encode_command(len(parts), encode_bulk(*parts))
+    command: bytes = field(repr=False)  # AUTH carries the password
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,23 +94,36 @@ class Endpoint:
     port: int = 6379
     unix_path: str | None = None
     tls: ssl.SSLContext | None = None
-    hand_shake: tuple[bytes, ...] = field(default=(), repr=False)  # AUTH carries the password
+    hand_shake: tuple[Greeting, ...] = field(default=(), repr=False)
 
     @classmethod
-    def from_url(cls, url: str, password: str | None = None, client_name: str = "gptomni-relay") -> Endpoint:
-        """`password` (GPTOMNI_REDIS_PASSWORD or its file) wins over one in the URL. TLS
-        options: `tls_context`. Raises ValueError for options it cannot honour."""
+    def from_url(cls, url: str, password: str | None = None, *, username: str | None = None,
+                 ca_file: str | None = None, client_name: str | None = CLIENT_NAME) -> Endpoint:
+        """`password` (GPTOMNI_REDIS_PASSWORD or its file) and `username`
+        (GPTOMNI_REDIS_USERNAME: an ACL user) win over the URL's; `ca_file`
+        (GPTOMNI_REDIS_CA_FILE) over its `ssl_ca_certs`. TLS options: `tls_context`.
+        `client_name` None: no CLIENT SETNAME. Raises ValueError for options it cannot honour."""
         options: dict[str, Any] = dict(parse_url(url))
-        username, password = options.get("username"), password or options.get("password")
-        greeting: list[bytes] = []
+        username, password = username or options.get("username"), password or options.get("password")
+        greeting: list[Greeting] = []
+        if username and not password:
+            raise ValueError("an ACL user needs its password (GPTOMNI_REDIS_PASSWORD or GPTOMNI_REDIS_PASSWORD_FILE)")
         if password:
-            greeting.append(encode_parts("AUTH", username, password) if username else encode_parts("AUTH", password))
+            greeting.append(Greeting(encode_parts("AUTH", username, password) if username
+                                     else encode_parts("AUTH", password)))
         if options.get("db"):
-            greeting.append(encode_parts("SELECT", options["db"]))
-        greeting.append(encode_parts("CLIENT", "SETNAME", client_name))
+            greeting.append(Greeting(encode_parts("SELECT", options["db"])))
+        if client_name:
+            greeting.append(Greeting(encode_parts("CLIENT", "SETNAME", client_name), optional=True))
         kind = options.get("connection_class")
         if kind is UnixDomainSocketConnection:
+            if ca_file:
+                raise ValueError("a CA file is for a rediss:// URL (TLS), not a unix socket")
             return cls(unix_path=options["path"], hand_shake=tuple(greeting))
+        if ca_file:
+            if kind is not SSLConnection:
+                raise ValueError("a CA file is for a rediss:// URL (TLS): this URL is plain redis://")
+            options["ssl_ca_certs"] = ca_file
         tls = tls_context(options) if kind is SSLConnection else None
         return cls(host=options.get("host") or "127.0.0.1", port=int(options.get("port") or 6379), tls=tls,
                    hand_shake=tuple(greeting))
@@ -128,7 +154,7 @@ def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
 
 
 class _Sent:
-    __slots__ = ("command", "future", "convert", "on_missing_script", "sent_at")
+    __slots__ = ("command", "future", "convert", "on_missing_script", "sent_at", "redirects")
 
     def __init__(self, command: bytes, future: asyncio.Future[Any], convert: Callable[[Any], Any] | None,
                  on_missing_script: Callable[[], bytes] | None) -> None:
@@ -137,6 +163,7 @@ class _Sent:
         self.convert = convert
         self.on_missing_script = on_missing_script
         self.sent_at = 0.0
+        self.redirects = 0
 
 
 class _Link(asyncio.Protocol):
@@ -183,6 +210,8 @@ class _Link(asyncio.Protocol):
                 return
             completed = True
             self._owner._answer(self.waiting.popleft(), reply)
+            if self.lost:  # the answer ended this connection (a redirect, a node that cannot serve)
+                return
         # Bytes of the reply not complete yet: at most this read's if one completed in it.
         # (hiredis keeps a long array's parsed elements as objects, not in its buffer.)
         self._incomplete = len(data) if completed else self._incomplete + len(data)
@@ -193,19 +222,20 @@ class _Link(asyncio.Protocol):
         self.drop(StoreUnavailable(f"the connection to the store was lost: {exc}" if exc
                                    else "the store closed the connection"))
 
-    def drop(self, error: StoreUnavailable) -> None:
-        """Ends the connection; every command still waiting fails with `error`."""
+    def drop(self, error: StoreUnavailable, notify: bool = True) -> None:
+        """Ends the connection; every command still waiting fails with `error`. `notify`
+        False: the store's data is not in doubt (a redirect), nobody is told."""
         if not self.lost:
             self.lost = True
             if self._transport is not None:
                 self._transport.abort()
         waiting, self.waiting = list(self.waiting), collections.deque()
-        self._owner._lost(self, waiting, error)
+        self._owner._lost(self, waiting, error, notify)
 
 
 class PipelinedConnection:
     def __init__(self, endpoint: Endpoint, timeout_seconds: float) -> None:
-        self._endpoint = endpoint
+        self._endpoint = self._configured = endpoint
         self._timeout = timeout_seconds
         self._link: _Link | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -267,15 +297,18 @@ class PipelinedConnection:
                 else:
                     _, link = await loop.create_connection(lambda: _Link(self), endpoint.host, endpoint.port,
                                                            ssl=endpoint.tls)
-                greeting = [_Sent(command, loop.create_future(), None, None) for command in endpoint.hand_shake]
+                greeting = [_Sent(hello.command, loop.create_future(), None, None) for hello in endpoint.hand_shake]
                 link.write(greeting, loop.time())
-                for answer in await asyncio.gather(*(sent.future for sent in greeting), return_exceptions=True):
-                    if isinstance(answer, BaseException):
+                answers = await asyncio.gather(*(sent.future for sent in greeting), return_exceptions=True)
+                for hello, answer in zip(endpoint.hand_shake, answers, strict=True):
+                    if isinstance(answer, BaseException) and not hello.optional:
                         raise answer
                 if link.lost:  # dropped after greeting back (garbage or an unasked reply came with it)
                     raise StoreUnavailable("the store dropped the connection after the hand-shake")
         except BaseException as exc:
             self._connecting = None
+            # A Cluster node we were sent to is out of reach: the configured address again next time.
+            self._endpoint = self._configured
             failure = StoreUnavailable(f"cannot reach the store: {type(exc).__name__}: {exc}" if str(exc)
                                        else f"cannot reach the store: {type(exc).__name__}")
             if link is not None:
@@ -328,10 +361,18 @@ class PipelinedConnection:
     # --- replies -----------------------------------------------------------------------
 
     def _answer(self, entry: _Sent, reply: Any) -> None:
+        # An error reply fails its command; NOSCRIPT and MOVED send it again (module doc).
         future = entry.future
         if isinstance(reply, hiredis.ReplyError):
             if entry.on_missing_script is not None and str(reply).startswith("NOSCRIPT"):
                 entry.command, entry.on_missing_script = entry.on_missing_script(), None
+                self._outgoing.append(entry)
+                self._flush()
+                return
+            target = moved_to(str(reply)) if entry.redirects < MAX_REDIRECTS else None
+            if target is not None and self._endpoint.unix_path is None:
+                self._move_to(*target)
+                entry.redirects += 1
                 self._outgoing.append(entry)
                 self._flush()
                 return
@@ -348,11 +389,22 @@ class PipelinedConnection:
             log.warning("shared store: unexpected reply", extra={"error": f"{type(exc).__name__}: {exc}"})
             future.set_exception(StoreUnavailable(f"unexpected reply: {type(exc).__name__}"))
 
-    def _lost(self, link: _Link, waiting: list[_Sent], error: StoreUnavailable) -> None:
+    def _move_to(self, host: str, port: int) -> None:
+        """A Cluster node named the one that owns the keys' slot: from now on, that one (the
+        greeting too: an ACL user is the same on every node). The next command connects there."""
+        if (host, port) != (self._endpoint.host, self._endpoint.port):
+            log.info("shared store: following a Cluster redirect", extra={"store_node": f"{host}:{port}"})
+            self._endpoint = replace(self._endpoint, host=host, port=port)
+        if self._link is not None:
+            # The commands behind this one were sent to the wrong node too; they fail (the
+            # pool retries or falls back), never sent twice.
+            self._link.drop(StoreUnavailable("the store moved to another Cluster node"), notify=False)
+
+    def _lost(self, link: _Link, waiting: list[_Sent], error: StoreUnavailable, notify: bool = True) -> None:
         self._fail(waiting, error)
         if self._link is link:
             self._link = None
-            if self.on_lost is not None and not self._closed:
+            if notify and self.on_lost is not None and not self._closed:
                 self.on_lost(error)
 
     @staticmethod
@@ -360,3 +412,14 @@ class PipelinedConnection:
         for entry in entries:
             if not entry.future.done():
                 entry.future.set_exception(error)
+
+
+def connect_store(url: str, password: str | None, timeout_seconds: float, prefix: str, lease_seconds: float, *,
+                  username: str | None = None, ca_file: str | None = None,
+                  client_name: str | None = CLIENT_NAME) -> SharedStore:
+    """The shared store over one pipelined connection. Connects lazily, at the first command,
+    and fails fast: no retries of its own (the pool falls back instead); a command
+    unanswered after `timeout_seconds` fails. Raises ValueError for a URL or options it
+    cannot honour, OSError for a CA file it cannot read."""
+    endpoint = Endpoint.from_url(url, password, username=username, ca_file=ca_file, client_name=client_name)
+    return SharedStore(PipelinedConnection(endpoint, timeout_seconds), prefix, lease_seconds)
