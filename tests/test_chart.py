@@ -437,6 +437,17 @@ def test_shared_pool_settings_reach_the_relay() -> None:
         render({"relay": {"sharedPool": {"enabled": True, "redisUrl": "http://not-redis"}}})
 
 
+def test_a_managed_redis_acl_user_reaches_the_relay() -> None:
+    managed = relay_env({"relay": {"sharedPool": {"enabled": True, "redisUrl": "rediss://cache.example:6380/0",
+                                                  "username": "gptomni-relay", "passwordSecret": {"name": "cache"}}}})
+    assert managed["GPTOMNI_REDIS_USERNAME"] == "gptomni-relay"
+    assert managed["GPTOMNI_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "cache", "key": "redis-password"}}
+    assert "GPTOMNI_REDIS_USERNAME" not in relay_env({"relay": {"sharedPool": {"enabled": True,
+                                                                              "redisUrl": "redis://r:6379/0"}}})
+    with pytest.raises(helm.HelmError, match="needs relay.sharedPool.passwordSecret"):
+        render({"relay": {"sharedPool": {"enabled": True, "redisUrl": "redis://r:6379/0", "username": "u"}}})
+
+
 def test_bundled_redis_is_private_to_the_relay() -> None:
     documents = render(VARIANTS["shared-pool-bundled-redis"])
     env = relay_env(VARIANTS["shared-pool-bundled-redis"])

@@ -31,6 +31,11 @@ redis://{{ include "gptomni.redis.fullname" . }}.{{ .Release.Namespace }}.svc:63
       name: {{ .passwordSecret.name }}
       key: {{ .passwordSecret.key }}
 {{- end }}
+{{- if .username }}
+{{- if not .passwordSecret.name }}{{ fail "relay.sharedPool.username needs relay.sharedPool.passwordSecret.name" }}{{ end }}
+- name: GPTOMNI_REDIS_USERNAME
+  value: {{ .username | quote }}
+{{- end }}
 - name: GPTOMNI_POOL_LEASE_SECONDS
   value: {{ .leaseSeconds | quote }}
 {{- end }}
