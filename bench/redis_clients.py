@@ -136,11 +136,12 @@ async def glide_client(url: str) -> Client:
 FACTORIES = {"own": own_client, "redis-py": redis_py_client, "coredis": coredis_client, "glide": glide_client}
 
 
-async def measure(client_name: str, url: str, count: int, pairs: int, seconds: float) -> dict[str, float]:
+async def measure(client_name: str, url: str, count: int, pairs: int, seconds: float,
+                  warmup: int = 200) -> dict[str, float]:
     calls = captured_calls(count, CONCURRENCY)
     acquire, release, close = await FACTORIES[client_name](url)
     try:
-        for i in range(200):  # warm-up: connections, the script cache
+        for i in range(warmup):  # warm-up: connections, the script cache
             call = calls[i % len(calls)]
             picked = await acquire(call)
             # the same work for every client: a slot taken (own: its index; the others: the script's reply)

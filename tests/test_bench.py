@@ -114,3 +114,17 @@ def test_token_estimate_error_is_measured_against_a_real_tokenizer() -> None:
     # are a dozen tokens or so, and the estimate is within a factor of two of them.
     assert row["samples"] == 2 and 10 <= row["real"] <= 40
     assert 0.5 <= row["total"] <= 2
+
+
+def test_redis_clients_sends_the_same_script_calls_through_every_client(tmp_path: Path) -> None:
+    from tests.redis_server import RedisServer
+
+    clients = load_bench("redis_clients")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        for name in clients.CLIENTS:  # each warm-up call checks a slot was taken and released
+            row = asyncio.run(clients.measure(name, server.url, 2, pairs=20, seconds=0.5, warmup=5))
+            assert row["c_pairs_per_s"] > 0 and row["cpu"] > 0, name
+    finally:
+        server.stop()
