@@ -1,6 +1,7 @@
 """The official Node SDK (npm `openai`, scripts/provision/60-npm-clients.sh) against a
 real relay: chat and Responses streams assembled by the SDK itself, and function tools on
-both surfaces (tests/node/sdk_client.cjs)."""
+both surfaces, the chat stream helper and `runTools`, and the SDK's typed errors
+(tests/node/sdk_client.cjs)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,17 @@ def test_the_node_sdk_streams_and_calls_tools_on_both_surfaces(relay: Harness) -
     assert (call["name"], call["arguments"], seen["chat_tools"]["finish_reason"]) == (
         "get_weather", {"city": "Paris"}, "tool_calls")
     assert call["id"].startswith("call_")
+    helper = seen["chat_stream_helper"]
+    assert helper == {"done": [["get_weather", {"city": "Paris"}]], "finish_reason": "tool_calls", "usage": True}
+    # runTools called the tool and sent its result back: user, call, result, answer.
+    for stream in ("false", "true"):
+        assert seen["run_tools"][stream] == {"answer": f"{stream}: 21 C in Paris.", "messages": 4}, stream
+    errors = seen["errors"]
+    expected = {"bad_request": ("BadRequestError", 400, "n", None),
+                "image": ("BadRequestError", 400, "messages[0].content[1]", "unsupported_content"),
+                "not_found": ("NotFoundError", 404, "model", "model_not_found"),
+                "authentication": ("AuthenticationError", 401, None, "invalid_api_key")}
+    for name, (kind, status, param, code) in expected.items():
+        error = errors[name]
+        assert (error["class"], error["status"], error["param"], error["code"]) == (kind, status, param, code), name
+        assert error["request_id"].startswith("req_"), name

@@ -1,5 +1,6 @@
 // The official Node SDK (npm `openai`) against the relay: a chat stream, a Responses
-// stream, and a function tool round trip on each surface. Prints one JSON object of what
+// stream, a function tool round trip on each surface, the chat stream helper, runTools,
+// and the typed errors. Prints one JSON object of what
 // it saw; tests/test_node_sdk.py asserts on it. Env: NODE_MODULES, BASE_URL, API_KEY, CUE.
 const path = require("path");
 const OpenAI = require(path.join(process.env.NODE_MODULES, "openai")).default;
@@ -65,6 +66,50 @@ async function main() {
   }
   out.chat_tools = { calls: Object.values(calls).map((c) => ({ ...c, arguments: JSON.parse(c.arguments) })),
                      finish_reason: finish };
+
+  // The SDK's own helpers: the chat stream helper assembling a forced call, and runTools
+  // running the tool and sending its result back (streamed and not).
+  // Each its own cue: the simulator counts a cue's uses across requests.
+  const cued = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>';
+  const helper = client.chat.completions.stream({
+    model: "gptomni", messages: [{ role: "user", content: `Helper? [[simulate: ${cued} ]]` }],
+    tools: [{ type: "function", function: tool }], tool_choice: { type: "function", function: { name: tool.name } },
+    stream_options: { include_usage: true },
+  });
+  const doneCalls = [];
+  helper.on("tool_calls.function.arguments.done", (event) => doneCalls.push([event.name, JSON.parse(event.arguments)]));
+  const helped = await helper.finalChatCompletion();
+  out.chat_stream_helper = { done: doneCalls, finish_reason: helped.choices[0].finish_reason,
+                             usage: helped.usage.total_tokens > 0 };
+  out.run_tools = {};
+  for (const stream of [false, true]) {
+    const runner = client.chat.completions.runTools({
+      model: "gptomni", stream,
+      messages: [{ role: "user", content: `Run tools? [[simulate: ${cued} ||| ${stream}: {{tool_result}}. ]]` }],
+      tools: [{ type: "function", function: { ...tool, parse: JSON.parse,
+                                               function: async ({ city }) => `21 C in ${city}` } }],
+    });
+    out.run_tools[stream] = { answer: await runner.finalContent(), messages: runner.messages.length };
+  }
+
+  // The SDK's typed errors, each with the param, the code and the request id it reads.
+  const refusals = {
+    bad_request: () => client.chat.completions.create({ model: "gptomni", messages: [{ role: "user", content: "hi" }], n: 2 }),
+    image: () => client.chat.completions.create({ model: "gptomni", messages: [{ role: "user", content: [
+      { type: "text", text: "look" }, { type: "image_url", image_url: { url: "https://example.com/a.png" } }] }] }),
+    not_found: () => client.chat.completions.create({ model: "gpt-9", messages: [{ role: "user", content: "hi" }] }),
+    authentication: () => new OpenAI({ baseURL: process.env.BASE_URL, apiKey: "sk-wrong", maxRetries: 0 }).models.list(),
+  };
+  out.errors = {};
+  for (const [name, call] of Object.entries(refusals)) {
+    try {
+      await call();
+      out.errors[name] = "no error";
+    } catch (error) {
+      out.errors[name] = { class: error.constructor.name, status: error.status, param: error.param ?? null,
+                           code: error.code ?? null, request_id: error.requestID ?? null };
+    }
+  }
 
   process.stdout.write(JSON.stringify(out));
 }
