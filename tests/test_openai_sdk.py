@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -169,3 +170,41 @@ def test_refusals_outside_chat_completions_are_counted(relay: Harness) -> None:
 def test_a_trailing_slash_is_not_redirected_to_the_clients_host(relay: Harness) -> None:
     response = relay.http().get("/v1/models/", headers={"host": "evil.example"}, follow_redirects=False)
     assert response.status_code != 307 and "location" not in response.headers
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_everyday_chat_params_through_the_sdk(relay: Harness, stream: bool) -> None:
+    client = relay.client()
+    # n=1 spelt out, a developer turn (folded as System, like system), reasoning models'
+    # max_completion_tokens with reasoning_effort (the cut is honoured, the effort ignored),
+    # and bookkeeping / latency hints whose absence cannot change the answer.
+    messages = [{"role": "developer", "content": "Be brief."}, *HELLO]
+    completion = client.chat.completions.create(
+        model="gptomni", messages=messages, n=1, max_completion_tokens=3, reasoning_effort="low", stream=stream,
+        verbosity="low", service_tier="auto", prompt_cache_key="k", safety_identifier="s", user="u", seed=3,
+        metadata={"team": "a"}, store=True, prediction={"type": "content", "content": "Hello"})
+    if stream:
+        chunks = list(completion)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        text, finish = completion.choices[0].message.content, completion.choices[0].finish_reason
+    assert finish == "length" and EXPECTED.startswith(text) and text
+    assert relay.sim.received[-1].prompt == "System: Be brief.\n\nUser: Hello relay\n\nAssistant:"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("part", [
+    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+    {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+    {"type": "file", "file": {"file_id": "file-1"}},
+])
+def test_non_text_parts_are_400s_naming_the_part_never_dropped(relay: Harness, part: dict[str, Any],
+                                                               stream: bool) -> None:
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        relay.client().chat.completions.create(model="gptomni", messages=messages, stream=stream)
+    assert (caught.value.param, caught.value.code) == ("messages[1].content[1]", "unsupported_content")
+    assert part["type"] in caught.value.message
+    assert not relay.sim.received
