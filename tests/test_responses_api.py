@@ -213,3 +213,34 @@ def test_an_alias_is_echoed_and_an_unknown_model_is_a_404(make_relay) -> None:  
     assert relay.client().responses.create(model="gpt-4o", input="Hello relay").model == "gpt-4o"
     with pytest.raises(openai.NotFoundError):
         relay.client().responses.create(model="gpt-5", input="Hello relay")
+
+
+class City(BaseModel):
+    city: str
+
+
+def test_the_stream_helper_assembles_prose_and_a_call(relay: Harness) -> None:
+    tool = openai.pydantic_function_tool(City, name="get_weather")  # Responses takes the chat form too
+    with relay.client().responses.stream(model="gptomni", input=cue(f"Let me look. {CALL}"), tools=[tool],
+                                         tool_choice="required") as stream:
+        events = [(event.type, getattr(event, "output_index", None)) for event in stream]
+        final = stream.get_final_response()
+    assert events[2:8] == [("response.output_item.added", 0), ("response.content_part.added", 0),
+                           ("response.output_text.delta", 0), ("response.output_text.done", 0),
+                           ("response.content_part.done", 0), ("response.output_item.done", 0)]
+    assert events[8:12] == [("response.output_item.added", 1), ("response.function_call_arguments.delta", 1),
+                            ("response.function_call_arguments.done", 1), ("response.output_item.done", 1)]
+    message, function_call = final.output
+    assert message.type == "message" and final.output_text == "Let me look."
+    assert function_call.type == "function_call" and function_call.name == "get_weather"
+    assert function_call.parsed_arguments == City(city="Paris") and final.status == "completed"
+
+
+def test_a_cut_stream_ends_with_response_incomplete_as_openai_ends_it(relay: Harness) -> None:
+    # The SDK's stream helper keeps a final response only for `response.completed` (so
+    # against OpenAI too); the terminal event carries the cut response.
+    with relay.client().responses.stream(model="gptomni", input="Hello relay", max_output_tokens=2) as stream:
+        last = list(stream)[-1]
+    assert last.type == "response.incomplete"
+    assert last.response.status == "incomplete" and last.response.incomplete_details.reason == "max_output_tokens"
+    assert EXPECTED.startswith(last.response.output_text) and last.response.output_text

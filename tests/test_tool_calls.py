@@ -11,6 +11,7 @@ from typing import Any
 
 import openai
 import pytest
+from pydantic import BaseModel
 
 from gptomni_relay.core.shaping import MAX_SCHEMA_BYTES, MAX_TOOLS
 from tests.harness import Harness
@@ -279,3 +280,36 @@ def test_a_catastrophic_pattern_is_bounded(relay: Harness) -> None:
         create(relay, cue, tools=[evil], tool_choice="required")
     assert caught.value.body["code"] == "invalid_tool_call"
     assert "took longer than the relay's" in relay.sim.received[-1].prompt
+
+
+class GetWeather(BaseModel):
+    """The current weather in a city."""
+
+    city: str
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_the_stream_helper_with_a_forced_call_and_pydantic_tools(relay: Harness, tool_choice: Any) -> None:
+    tool = openai.pydantic_function_tool(GetWeather, name="get_weather")
+    messages = ask(call(city='Oslo'))
+    with relay.client().chat.completions.stream(model="gptomni", messages=messages, tools=[tool],
+                                                tool_choice=tool_choice) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    done = [event for event in events if event.type == "tool_calls.function.arguments.done"]
+    assert [(event.name, event.parsed_arguments) for event in done] == [("get_weather", GetWeather(city="Oslo"))]
+    [parsed] = final.choices[0].message.tool_calls
+    assert parsed.function.parsed_arguments == GetWeather(city="Oslo") and final.choices[0].finish_reason == "tool_calls"
+    # As OpenAI streams a call: id, type and name only in its first delta, then arguments.
+    deltas = [d for e in events if e.type == "chunk" for d in e.chunk.choices[0].delta.tool_calls or []]
+    assert [(d.index, bool(d.id), d.type, d.function.name) for d in deltas] == [
+        (0, True, "function", "get_weather"), (0, False, None, None)]
+    assert (deltas[0].function.arguments, json.loads(deltas[1].function.arguments)) == ("", {"city": "Oslo"})
+
+
+def test_parse_reads_a_pydantic_tools_arguments(relay: Harness) -> None:
+    tool = openai.pydantic_function_tool(GetWeather, name="get_weather")
+    completion = relay.client().chat.completions.parse(model="gptomni", messages=ask(call(city="Rome")), tools=[tool])
+    [parsed] = completion.choices[0].message.tool_calls
+    assert parsed.function.parsed_arguments == GetWeather(city="Rome")
+    assert '"additionalProperties": false' in relay.sim.received[-1].prompt  # the strict schema was described
