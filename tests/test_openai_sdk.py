@@ -208,3 +208,18 @@ def test_non_text_parts_are_400s_naming_the_part_never_dropped(relay: Harness, p
     assert (caught.value.param, caught.value.code) == ("messages[1].content[1]", "unsupported_content")
     assert part["type"] in caught.value.message
     assert not relay.sim.received
+
+
+def test_an_earlier_refusal_stays_in_the_conversation(relay: Harness) -> None:
+    # What the assistant said is part of the conversation, refusal or not (OpenAI answers
+    # a refusal in the message's `refusal`, and takes it back as that or as a refusal part).
+    client = relay.client()
+    for refused in ({"role": "assistant", "content": None, "refusal": "I can't help with that."},
+                    {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]}):
+        client.chat.completions.create(model="gptomni", messages=[*HELLO, refused, {"role": "user", "content": "Why?"}])
+        assert relay.sim.received[-1].prompt == (
+            "User: Hello relay\n\nAssistant: I can't help with that.\n\nUser: Why?\n\nAssistant:")
+    with pytest.raises(openai.BadRequestError) as caught:  # a refusal is the assistant's alone
+        client.chat.completions.create(model="gptomni", messages=[
+            {"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}])
+    assert caught.value.param == "messages[0].content[0]"

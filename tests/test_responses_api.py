@@ -244,3 +244,14 @@ def test_a_cut_stream_ends_with_response_incomplete_as_openai_ends_it(relay: Har
     assert last.type == "response.incomplete"
     assert last.response.status == "incomplete" and last.response.incomplete_details.reason == "max_output_tokens"
     assert EXPECTED.startswith(last.response.output_text) and last.response.output_text
+
+
+def test_an_earlier_refusal_stays_in_the_input(relay: Harness) -> None:
+    # An output message with a refusal part, sent back in `input` as the SDKs send output.
+    relay.client().responses.create(model="gptomni", input=[
+        {"role": "user", "content": "Hello relay"},
+        {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
+         "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
+        {"role": "user", "content": "Why?"}])
+    assert relay.sim.received[-1].prompt == (
+        "User: Hello relay\n\nAssistant: I can't help with that.\n\nUser: Why?\n\nAssistant:")

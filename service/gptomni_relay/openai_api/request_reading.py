@@ -17,9 +17,11 @@ from gptomni_relay.openai_api.request_bounds import CHAT_COMPLETIONS_BOUNDS, Req
 from gptomni_relay.openai_api.schemas import (
     ChatCompletionRequest,
     ChatMessage,
+    ContentPart,
     JsonObjectFormat,
     JsonSchemaResponseFormat,
     NamedToolChoice,
+    RefusalPart,
     ResponseFormat,
     TextPart,
 )
@@ -185,6 +187,15 @@ def _json_format(response_format: ResponseFormat | None) -> JsonFormat | None:
     return None
 
 
+def _part(part: ContentPart, role: str) -> str | NonText:
+    """A part's text; an assistant's refusal is what it said. Anything else is refused by name."""
+    if isinstance(part, TextPart):
+        return part.text
+    if isinstance(part, RefusalPart) and role == "assistant":
+        return part.refusal
+    return NonText(part.type)
+
+
 def _turn(message: ChatMessage) -> Turn:
     content = message.content
     if content is None:
@@ -192,7 +203,9 @@ def _turn(message: ChatMessage) -> Turn:
     elif isinstance(content, str):
         parts = (content,)
     else:
-        parts = tuple(part.text if isinstance(part, TextPart) else NonText(part.type) for part in content)
+        parts = tuple(_part(part, message.role) for part in content)
+    if message.refusal and message.role == "assistant":
+        parts = (*parts, message.refusal)
     calls = tuple(ToolCall(call.id, call.function.name, call.function.arguments) for call in message.tool_calls or ())
     return Turn(role=message.role, parts=parts, name=message.name, tool_calls=calls,
                 tool_call_id=message.tool_call_id if message.role == "tool" else None)

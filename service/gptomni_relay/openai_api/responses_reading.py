@@ -15,6 +15,7 @@ from gptomni_relay.openai_api.responses_schemas import (
     InputPart,
     MessageItem,
     OtherTool,
+    RefusalInputPart,
     ResponsesRequest,
     TextFormatJsonObject,
     TextFormatJsonSchema,
@@ -50,17 +51,20 @@ def refuse_unsupported(request: ResponsesRequest) -> None:
                               param=f"include[{index}]")
 
 
-def _part_text(part: InputPart, param: str) -> str:
+def _part_text(part: InputPart, param: str, role: str) -> str:
+    """A part's text; an assistant's refusal is what it said. Anything else is refused by name."""
     if isinstance(part, TextInputPart):
         return part.text
+    if isinstance(part, RefusalInputPart) and role == "assistant":
+        return part.refusal
     raise bad_request(f"Content parts of type '{part.type}' are not supported: GPT-Omni's web chat takes text "
                       "only.", param=f"{param}.type", code="unsupported_content")
 
 
-def _texts(content: str | list[InputPart], param: str) -> tuple[str, ...]:
+def _texts(content: str | list[InputPart], param: str, role: str) -> tuple[str, ...]:
     if isinstance(content, str):
         return (content,)
-    return tuple(_part_text(part, f"{param}[{index}]") for index, part in enumerate(content))
+    return tuple(_part_text(part, f"{param}[{index}]", role) for index, part in enumerate(content))
 
 
 def conversation(request: ResponsesRequest) -> list[Turn]:
@@ -70,7 +74,7 @@ def conversation(request: ResponsesRequest) -> list[Turn]:
     for index, item in enumerate(request.input):
         param = f"input[{index}]"
         if isinstance(item, MessageItem):
-            turns.append(Turn(item.role, _texts(item.content, f"{param}.content")))
+            turns.append(Turn(item.role, _texts(item.content, f"{param}.content", item.role)))
         elif isinstance(item, FunctionCallItem):
             call = ToolCall(item.call_id, item.name, item.arguments)
             previous = turns[-1] if turns else None
@@ -80,7 +84,7 @@ def conversation(request: ResponsesRequest) -> list[Turn]:
             else:
                 turns.append(Turn("assistant", (), tool_calls=(call,)))
         elif isinstance(item, FunctionCallOutputItem):
-            turns.append(Turn("tool", _texts(item.output, f"{param}.output"), tool_call_id=item.call_id))
+            turns.append(Turn("tool", _texts(item.output, f"{param}.output", "tool"), tool_call_id=item.call_id))
         elif item.type not in _SKIPPED_ITEMS:
             raise bad_request(f"Input items of type '{item.type}' are not supported by this relay.",
                               param=f"{param}.type")

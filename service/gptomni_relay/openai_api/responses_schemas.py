@@ -22,8 +22,16 @@ class TextInputPart(BaseModel):
     text: str
 
 
+class RefusalInputPart(BaseModel):
+    """An earlier assistant turn's refusal (an output message's part, sent back)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["refusal"]
+    refusal: str
+
+
 class OtherInputPart(BaseModel):
-    """Any other part (input_image, input_file, input_audio, refusal...): refused by name."""
+    """Any other part (input_image, input_file, input_audio...): refused by name."""
 
     model_config = ConfigDict(extra="allow")
     type: str
@@ -31,11 +39,11 @@ class OtherInputPart(BaseModel):
 
 def _part_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "text" if kind in ("input_text", "output_text") else "other"
+    return "text" if kind in ("input_text", "output_text") else "refusal" if kind == "refusal" else "other"
 
 
-InputPart = Annotated[Annotated[TextInputPart, Tag("text")] | Annotated[OtherInputPart, Tag("other")],
-                      Discriminator(_part_kind)]
+InputPart = Annotated[Annotated[TextInputPart, Tag("text")] | Annotated[RefusalInputPart, Tag("refusal")]
+                      | Annotated[OtherInputPart, Tag("other")], Discriminator(_part_kind)]
 
 
 class MessageItem(BaseModel):

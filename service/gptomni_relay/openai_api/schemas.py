@@ -19,6 +19,13 @@ class TextPart(BaseModel):
     text: str
 
 
+class RefusalPart(BaseModel):
+    """What an earlier assistant turn refused with: part of the conversation, as its text."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
 class OtherPart(BaseModel):
     """Any non-text part (image_url, input_audio, file, ...): parsed so we can refuse it by name."""
 
@@ -28,12 +35,13 @@ class OtherPart(BaseModel):
     @field_validator("type")
     @classmethod
     def _not_text(cls, kind: str) -> str:
-        if kind == "text":  # a text part that failed TextPart's rules is not "another kind"
-            raise ValueError("a text part needs a string 'text'")
+        # A text or refusal part that failed its own rules is not "another kind".
+        if kind in ("text", "refusal"):
+            raise ValueError(f"a {kind} part needs a string '{kind}'")
         return kind
 
 
-ContentPart = Annotated[TextPart | OtherPart, Field(union_mode="left_to_right")]
+ContentPart = Annotated[TextPart | RefusalPart | OtherPart, Field(union_mode="left_to_right")]
 
 
 class FunctionCall(BaseModel):
@@ -56,6 +64,7 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
+    refusal: str | None = None  # an earlier assistant turn's refusal (OpenAI answers one here)
     name: str | None = None
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
