@@ -14,7 +14,6 @@ import os
 import secrets
 import ssl
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from tests.kube_client import write_kubeconfig
+from tests.polling import wait_until
 from tests.processes import end_process, free_port
 from tests.system_parts import require_binary
 
@@ -47,17 +47,15 @@ ADMIN = Identity("gptomni-test-admin", ("system:masters", "system:authenticated"
 
 def _wait(what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path,
           timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def up() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if ready():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not ready within {timeout}s:\n{log.read_text()[-4000:]}")
+        return ready()
+
+    try:
+        wait_until(up, timeout, 0.2, f"{what} ready", ignoring=(httpx.HTTPError, OSError))
+    except AssertionError as exc:
+        raise TimeoutError(f"{exc}:\n{log.read_text()[-4000:]}") from None
 
 
 def _openssl(*args: str) -> None:

@@ -8,12 +8,9 @@ files, the only way the operator is told where its API server is.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import ssl
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,20 +39,6 @@ def write_kubeconfig(path: Path, server: str, token: str, ca_pem: bytes | None =
         "current-context": "test",
     }))
     return path
-
-
-async def eventually(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """The first truthy value of `probe()` (sync or async), polled every 0.1 s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not reached within {timeout}s; last value: {last!r}")
 
 
 def condition_of(body: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:

@@ -31,7 +31,8 @@ from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.apiserver import ADMIN, ApiServer, Identity
 from tests.chart_render import CHART, by_kind, render
 from tests.harness import BackgroundLoop
-from tests.kube_client import KubeClient, eventually
+from tests.kube_client import KubeClient
+from tests.polling import eventually
 from tests.processes import end_process, free_port
 
 CRD = yaml.safe_load((CHART / "crds" / "gptomnicredentials.yaml").read_text())

@@ -29,10 +29,10 @@ from gptomni_operator.state import OperatorState
 from gptomni_relay.server import RunningServer, serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.harness import sample_value
-from tests.kube_client import KubeClient, eventually, write_kubeconfig
+from tests.kube_client import KubeClient, write_kubeconfig
 from tests.processes import free_port
 
-__all__ = ["ApiServerLikeEmulator", "OperatorEnv", "eventually", "operator_env"]
+__all__ = ["ApiServerLikeEmulator", "OperatorEnv", "operator_env"]
 
 
 class ApiServerLikeEmulator(kmock.KubernetesEmulator):

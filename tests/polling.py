@@ -20,28 +20,41 @@ def _timed_out(what: str | None, timeout: float, last: object) -> AssertionError
     return AssertionError(f"{what or 'condition'} not reached within {timeout} s; last value: {last!r}")
 
 
-def wait_until(probe: Callable[[], T], timeout: float = 10.0, step: float = 0.05, what: str | None = None) -> T:
-    """The first truthy value of `probe()`, polled every `step` seconds; fails after `timeout`."""
+Errors = tuple[type[BaseException], ...]
+
+
+def wait_until(probe: Callable[[], T], timeout: float = 10.0, step: float = 0.05, what: str | None = None,
+               ignoring: Errors = ()) -> T:
+    """The first truthy value of `probe()`, polled every `step` seconds; fails after `timeout`.
+    An exception of the `ignoring` types counts as "not yet" (a server still starting)."""
     deadline = time.monotonic() + timeout
     while True:
-        last = probe()
-        if last:
-            return last
+        try:
+            last: object = probe()
+        except ignoring as error:
+            last = error
+        else:
+            if last:
+                return last  # type: ignore[return-value]
         if time.monotonic() > deadline:
             raise _timed_out(what, timeout, last)
         time.sleep(step)
 
 
 async def eventually(probe: Callable[[], T | Awaitable[T]], timeout: float = 10.0, step: float = 0.05,
-                     what: str | None = None) -> T:
+                     what: str | None = None, ignoring: Errors = ()) -> T:
     """`wait_until` for async tests: `probe` may be a coroutine function; the loop keeps running."""
     deadline = time.monotonic() + timeout
     while True:
-        last = probe()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last  # type: ignore[return-value]
+        try:
+            last: object = probe()
+            if inspect.isawaitable(last):
+                last = await last
+        except ignoring as error:
+            last = error
+        else:
+            if last:
+                return last  # type: ignore[return-value]
         if time.monotonic() > deadline:
             raise _timed_out(what, timeout, last)
         await asyncio.sleep(step)

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.kube_client import write_kubeconfig
+from tests.polling import wait_until
 
 
 def free_port() -> int:
@@ -66,19 +66,15 @@ class OperatorProcess(RelayProcess):
 
 def wait_ready(url: str, process: subprocess.Popen[str], log_path: str, timeout: float = 30,
                path: str = "/healthz") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if process.poll() is not None:
-            with open(log_path, encoding="utf-8") as handle:
-                raise RuntimeError(f"{process.args[0]} exited early:\n{handle.read()}")
-        try:
-            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    with open(log_path, encoding="utf-8") as handle:
-        raise TimeoutError(f"{process.args[0]} did not answer {path} on {url} within {timeout} s:\n{handle.read()}")
+            raise RuntimeError(f"{process.args[0]} exited early:\n{Path(log_path).read_text(encoding='utf-8')}")
+        return httpx.get(f"{url}{path}", timeout=1).status_code == 200
+
+    try:
+        wait_until(answers, timeout, 0.1, f"{process.args[0]} answering {path} on {url}", ignoring=(httpx.HTTPError,))
+    except AssertionError as exc:
+        raise TimeoutError(f"{exc}:\n{Path(log_path).read_text(encoding='utf-8')}") from None
 
 
 @contextmanager

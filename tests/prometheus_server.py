@@ -5,7 +5,6 @@ its own free loopback port, its own config and data directory in a temporary fol
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.polling import wait_until
 from tests.processes import free_port, spawned
 from tests.system_parts import require_binary
 
@@ -61,13 +61,11 @@ class PrometheusServer:
 
     def wait_until(self, expr: str, timeout: float = 30.0) -> list[Sample]:
         """Polls until the query returns samples (bounded in time)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answered() -> list[Sample] | None:
             samples = self.query(expr)
-            if samples and all(not math.isnan(sample.value) for sample in samples):
-                return samples
-            time.sleep(SCRAPE_SECONDS / 4)
-        raise AssertionError(f"Prometheus never returned {expr!r} within {timeout}s")
+            return samples if samples and all(not math.isnan(sample.value) for sample in samples) else None
+
+        return wait_until(answered, timeout, SCRAPE_SECONDS / 4, f"Prometheus returning {expr!r}")
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -16,12 +16,11 @@ import json
 import os
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -37,22 +36,8 @@ NODE_IP = "10.244.0.1"
 # One cluster per machine at a time: the bridge, the node's ports and containerd are shared.
 LOCK = Path("/tmp/gptomni-cluster.lock")
 IMAGE_REPOSITORY = "localhost/gptomni"
-T = TypeVar("T")
-
-
-def eventually(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    """The first truthy result of `probe`, polled until `timeout` (seconds)."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = probe()
-            if result:
-                return result
-        except (subprocess.SubprocessError, OSError, KeyError, ValueError) as error:
-            last_error = error
-        time.sleep(interval)
-    raise TimeoutError(f"{what}: not within {timeout} s (last error: {last_error})")
+# What a probe of the cluster may raise while it settles (kubectl failing, a field not there yet).
+SETTLING = (subprocess.SubprocessError, OSError, KeyError, ValueError)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
+from tests.polling import wait_until
 from tests.processes import free_port
 from tests.system_parts import require_binary
 
@@ -100,16 +100,19 @@ class RedisServer:
         args += self.extra_args
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
+        process = self.process
+
+        def answers(client: redis.Redis) -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited:\n{self.log.read_text()}")
+            return bool(client.ping())
+
         with self.client() as client:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not start:\n{self.log.read_text()}") from None
-                    time.sleep(0.05)
+            try:
+                wait_until(lambda: answers(client), timeout, what="redis-server answering PING",
+                           ignoring=(redis.ConnectionError,))
+            except AssertionError as exc:
+                raise RuntimeError(f"{exc}:\n{self.log.read_text()}") from None
 
     def stop(self) -> None:
         """Stops our server by its PID (SIGTERM, then SIGKILL after 10 s)."""

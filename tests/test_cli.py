@@ -21,6 +21,7 @@ from gptomni_relay.server import serve_app
 from gptomni_relay.settings import DEMO_API_KEY
 from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
 from tests.harness import BackgroundLoop
+from tests.polling import wait_until
 from tests.processes import relay_process
 
 STREAMS = 200
@@ -58,8 +59,8 @@ def test_real_mode_says_where_it_listens_and_text_logs_keep_the_fields() -> None
         response = httpx.post(f"{relay.url}/v1/chat/completions", headers={"Authorization": "Bearer sk-cli-test"},
                               json={"model": "gptomni", "messages": [{"role": "user", "content": "x"}]}, timeout=30)
         assert response.status_code == 502
-        time.sleep(0.2)
-        output = relay.output()
+        output = wait_until(lambda: "chat completion finished" in relay.output() and relay.output(),
+                            what="the request's log line")
     assert f"relay listening url=http://0.0.0.0:{relay.port}/v1" in output
     finished = next(line for line in output.splitlines() if "chat completion finished" in line)
     assert "status=502" in finished and "model=gptomni" in finished and "code=upstream_error" in finished

@@ -36,7 +36,8 @@ from tests.cluster_env import (
     upstream_service,
 )
 from tests.container_engine import find_podman
-from tests.real_cluster import Cluster, eventually, import_image
+from tests.polling import eventually, wait_until
+from tests.real_cluster import SETTLING, Cluster, import_image
 
 # The first test starts the cluster, builds and imports the image and installs the chart.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -80,14 +81,14 @@ def test_credential_to_first_answer_through_the_service(release: Release, upstre
     applied = time.monotonic()
     release.cluster.apply(*cookie_and_credential(NAMESPACE, "alice", COOKIE, max_concurrency=200))
 
-    eventually("credential Healthy", lambda: release.healthy("alice"), POD_START_TIMEOUT)
+    wait_until(lambda: release.healthy("alice"), POD_START_TIMEOUT, 0.5, "credential Healthy", SETTLING)
     timings["apply to Healthy"] = time.monotonic() - applied
-    pool = eventually("pool Secret with the cookie", release.pool, 60)
+    pool = wait_until(release.pool, 60, 0.5, "pool Secret with the cookie", SETTLING)
     assert [entry["cookie"] for entry in pool["credentials"]] == [COOKIE]
     timings["apply to pool Secret"] = time.monotonic() - applied
     assert any(chat.session == "session=cluster-tier-alice" for chat in upstream.sim.received), "the operator checked it"
 
-    eventually("both relays Ready", lambda: len(release.ready_relays()) == 2, POD_START_TIMEOUT)
+    wait_until(lambda: len(release.ready_relays()) == 2, POD_START_TIMEOUT, 0.5, "both relays Ready", SETTLING)
     timings["apply to relays Ready (kubelet volume update)"] = time.monotonic() - applied
 
     async def first_answers() -> tuple[StreamTally, str]:
@@ -153,7 +154,7 @@ def test_deleted_pod_drains_its_streams(release: Release, upstream: Upstream) ->
         client = release.client()
         async with client:
             streams = [asyncio.create_task(one_stream(client, expected, tally)) for _ in range(20)]
-            await asyncio.to_thread(eventually, "streams in flight", lambda: upstream.sim.active >= 20, 60, 0.1)
+            await eventually(lambda: upstream.sim.active >= 20, 60, 0.1, "streams in flight")
             deleted = time.monotonic()
             await asyncio.to_thread(release.cluster.kubectl, "delete", "pod", victim, f"--namespace={NAMESPACE}",
                                     "--wait=false")
@@ -170,9 +171,9 @@ def test_deleted_pod_drains_its_streams(release: Release, upstream: Upstream) ->
         upstream.sim.default = Behaviour(answer_words=ANSWER_WORDS, token_delay=0.05)
     assert not tally.failures, f"{dict(tally.failures)}: {tally.examples}"
     assert tally.completed == 21
-    eventually("the deleted pod gone", lambda: victim not in {p["metadata"]["name"] for p in release.relay_pods()},
-               120)
-    eventually("two relays Ready again", lambda: len(release.ready_relays()) == 2, POD_START_TIMEOUT)
+    wait_until(lambda: victim not in {p["metadata"]["name"] for p in release.relay_pods()}, 120, 0.5,
+               "the deleted pod gone", SETTLING)
+    wait_until(lambda: len(release.ready_relays()) == 2, POD_START_TIMEOUT, 0.5, "two relays Ready again", SETTLING)
 
 
 def pool_cookies(release: Release) -> list[str]:
@@ -187,7 +188,7 @@ def test_a_cookies_limit_holds_with_the_chart_defaults(release: Release, upstrea
     limit, bob = 6, "session=cluster-tier-bob"
     release.cluster.kubectl("delete", "gptomnicredential", "alice", f"--namespace={NAMESPACE}")
     release.cluster.apply(*cookie_and_credential(NAMESPACE, "bob", bob, max_concurrency=limit))
-    eventually("only bob in the pool", lambda: pool_cookies(release) == [bob], 120)
+    wait_until(lambda: pool_cookies(release) == [bob], 120, 0.5, "only bob in the pool", SETTLING)
 
     async def overload(rollout: dict[str, Any] | None) -> StreamTally:
         tally, stop = StreamTally(), asyncio.Event()
@@ -263,7 +264,7 @@ def test_a_cookies_limit_holds_while_the_hpa_scales(release: Release, upstream: 
     release.upgrade(values)  # twice maxReplicas is twice the 3 replicas of before: no pod replaced
     hpa = release.cluster.get("horizontalpodautoscaler", f"{RELEASE}-relay", NAMESPACE)
     assert hpa is not None
-    eventually("the relays settled under the HPA", lambda: settled_at(release, 2, 3), 2 * POD_START_TIMEOUT, 1)
+    wait_until(lambda: settled_at(release, 2, 3), 2 * POD_START_TIMEOUT, 1, "the relays settled under the HPA", SETTLING)
     upstream.sim.peak_by_session.clear()
     counts: list[int] = []
 
@@ -278,8 +279,10 @@ def test_a_cookies_limit_holds_while_the_hpa_scales(release: Release, upstream: 
                 values["relay"]["autoscaling"].update(minReplicas=low, maxReplicas=high)
                 await asyncio.to_thread(release.upgrade, values)
                 # The HPA controller syncs every 15 s; then the new pods start or the old drain.
+                # In a thread: the probe runs kubectl, and the event loop carries the streams.
                 counts.append(await asyncio.to_thread(
-                    eventually, f"the HPA at {low}", functools.partial(settled_at, release, low, high), 2 * POD_START_TIMEOUT, 1))
+                    wait_until, functools.partial(settled_at, release, low, high), 2 * POD_START_TIMEOUT, 1,
+                    f"the HPA at {low}", SETTLING))
             await asyncio.sleep(3)
             stop.set()
             await load
@@ -305,8 +308,8 @@ def test_the_operators_rollout_loses_and_doubles_no_pool_write(release: Release,
             config.upgrade(release.chart, RELEASE, values, namespace=NAMESPACE, timeout=300)
         release.cluster.apply(*cookie_and_credential(NAMESPACE, "carol", carol, max_concurrency=4))
         release.wait_rolled_out(f"{RELEASE}-operator")
-        eventually("carol published", lambda: sorted(pool_cookies(release)) == sorted([carol, "session=cluster-tier-bob"]),
-                   120)
+        wait_until(lambda: sorted(pool_cookies(release)) == sorted([carol, "session=cluster-tier-bob"]), 120, 0.5,
+                   "carol published", SETTLING)
         time.sleep(5)  # anything more the new operator would write comes now
     finally:
         events = watch.stop()
@@ -354,7 +357,7 @@ def test_rollback_then_uninstall_leaves_nothing_stuck(release: Release, upstream
         assert revisions >= 4
         config.rollback(RELEASE, version=1, wait="watcher", timeout=600)
         assert len(config.history(RELEASE)) == revisions + 1
-    eventually("two relays Ready after the rollback", lambda: len(release.ready_relays()) == 2, POD_START_TIMEOUT)
+    wait_until(lambda: len(release.ready_relays()) == 2, POD_START_TIMEOUT, 0.5, "two relays Ready after the rollback", SETTLING)
 
     async def answers() -> StreamTally:
         tally = StreamTally()

@@ -19,6 +19,7 @@ import pytest
 
 from gptomni_relay.simulator import Behaviour, SimulatedCut, SimulatorState
 from tests.harness import Harness, write_pool_file
+from tests.polling import wait_until
 
 ALLOWED_ERRORS = {429, 502, 503, 504}
 REQUESTS = 1000
@@ -106,10 +107,7 @@ def test_a_thousand_requests_with_random_faults(make_relay: Any, caplog: pytest.
     assert sum(outcomes.values()) == REQUESTS
     assert outcomes.get("ok", 0) > REQUESTS * 0.5, outcomes  # failover rescued most faults
     assert outcomes.get("stream error", 0) > 0  # mid-stream cuts really happened
-    deadline = time.monotonic() + 5
-    while relay.state.pool.total_in_flight() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert relay.state.pool.total_in_flight() == 0
+    wait_until(lambda: relay.state.pool.total_in_flight() == 0, what="every slot freed")
     assert 'gptomni_active_streams 0.0' in relay.metrics_text()
     crashes = [r for r in caplog.records if r.exc_info and not isinstance(r.exc_info[1], SimulatedCut)]
     assert crashes == []

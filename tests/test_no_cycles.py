@@ -12,7 +12,6 @@ of its own (Starlette's streaming response); those are not counted.
 from __future__ import annotations
 
 import gc
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -22,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from gptomni_relay.simulator import Behaviour, SimulatorState
 from tests.harness import Harness
+from tests.polling import wait_until
 
 BODY = {"model": "gptomni", "messages": [{"role": "user", "content": "cycles"}]}
 
@@ -51,28 +51,35 @@ def relay_objects(objects: list[object], relay: Harness) -> list[str]:
     return sorted({type(o).__module__ + "." + type(o).__qualname__ for o in objects if is_relays(o)})
 
 
-def streamed(http: httpx.Client) -> None:
+def streamed(http: httpx.Client, relay: Harness) -> None:
     http.post("/v1/chat/completions", json={**BODY, "stream": True}).read()
 
 
-def answered(http: httpx.Client) -> None:
+def answered(http: httpx.Client, relay: Harness) -> None:
     http.post("/v1/chat/completions", json=BODY).read()
 
 
-def refused(http: httpx.Client) -> None:
+def refused(http: httpx.Client, relay: Harness) -> None:
     assert http.post("/v1/chat/completions", json={**BODY, "model": "no-such-model"}).status_code == 404
 
 
-def hung_up(http: httpx.Client) -> None:
+def hung_up(http: httpx.Client, relay: Harness) -> None:
+    def hung_up_requests() -> float:  # read in the process: a scrape would make relay objects of its own
+        return relay.state.metrics.registry.get_sample_value(
+            "gptomni_requests_total", {"model": "gptomni", "status": "499", "stream": "true"}) or 0.0
+
+    before = hung_up_requests()
     with http.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as response:
         next(line for line in response.iter_lines() if line.startswith("data: "))
-    time.sleep(0.3)  # the relay notices, cancels and cleans up
+    # The relay notices, cancels and cleans up: the request is counted as it ends.
+    wait_until(lambda: hung_up_requests() > before and relay.state.pool.total_in_flight() == 0,
+               what="the hung-up request finished")
 
 
 # Rate limited: every request must reach GPT-Omni's 429 (the failed-attempt path), so the
 # cooldown it causes is 1 ms; with a cooldown of seconds the pool alone would refuse the later
 # requests, and the attempt path would run inside the watched block only on a slow machine.
-SCENARIOS: dict[str, tuple[Behaviour, list[Callable[[httpx.Client], None]], dict[str, float]]] = {
+SCENARIOS: dict[str, tuple[Behaviour, list[Callable[[httpx.Client, Harness], None]], dict[str, float]]] = {
     "answered": (Behaviour(token_delay=0.002, answer_words=5), [streamed, answered, refused], {}),
     "cut mid-answer": (Behaviour(cut_after=3), [streamed, answered], {}),
     "no first byte in time": (Behaviour(first_byte_delay=3), [streamed, answered], {}),
@@ -87,10 +94,10 @@ def test_finished_requests_leave_no_reference_cycles(make_relay, scenario: str) 
     relay: Harness = make_relay(sim=SimulatorState(default=behaviour), cookies=["session=a", "session=b"],
                                 first_byte_timeout_seconds=0.3, **settings)
     with httpx.Client(base_url=relay.url, headers={"Authorization": f"Bearer {relay.api_key}"}, timeout=10) as http:
-        streamed(http)  # warm-up: first-use caches are not garbage
+        streamed(http, relay)  # warm-up: first-use caches are not garbage
         with cyclic_garbage() as garbage:
             for request in requests * 2:
-                request(http)
+                request(http, relay)
     assert relay_objects(garbage, relay) == []
     assert relay.state.pool.total_in_flight() == 0
     if behaviour.status == 429:

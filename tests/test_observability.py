@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from gptomni_relay.server import serve_app
 from gptomni_relay.settings import DEMO_API_KEY
 from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
 from tests.harness import BackgroundLoop, Harness, write_pool_file
+from tests.polling import wait_until
 from tests.processes import relay_process
 from tests.system_parts import REPO
 
@@ -157,10 +157,8 @@ def test_series_of_removed_credentials_and_key_names_are_dropped(make_relay: Any
     replacement = tmp_path / "api-keys.new"
     replacement.write_text("team-b:sk-team-b-0123456789\n")
     os.replace(replacement, keys)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not (labelled("gptomni_api_key_requests_total", "api_key") == {"team-b"}
-                                                and labelled("gptomni_credential_state", "credential") == {"default/b"}):
-        time.sleep(0.05)
+    wait_until(lambda: labelled("gptomni_api_key_requests_total", "api_key") == {"team-b"}
+               and labelled("gptomni_credential_state", "credential") == {"default/b"}, what="both files reloaded")
     for name in ("gptomni_upstream_attempts_total", "gptomni_credential_state", "gptomni_credential_in_flight"):
         assert labelled(name, "credential") == {"default/b"}, name
     assert labelled("gptomni_api_key_requests_total", "api_key") == {"team-b"}
@@ -206,10 +204,11 @@ def otlp_receiver(workdir: Path) -> Iterator[tuple[str, Path]]:
     receiver = subprocess.Popen([sys.executable, "-m", "tests.otlp_receiver", str(port_file), str(spans_file)],
                                 cwd=REPO)
     try:
-        deadline = time.monotonic() + 10
-        while not port_file.exists():
-            assert receiver.poll() is None and time.monotonic() < deadline, "the OTLP receiver did not start"
-            time.sleep(0.05)
+        def listening() -> bool:
+            assert receiver.poll() is None, "the OTLP receiver exited"
+            return port_file.exists()
+
+        wait_until(listening, what="the OTLP receiver listening")
         yield f"http://127.0.0.1:{port_file.read_text()}", spans_file
     finally:
         receiver.terminate()
@@ -218,13 +217,12 @@ def otlp_receiver(workdir: Path) -> Iterator[tuple[str, Path]]:
 
 def exported_spans(spans_file: Path, trace_ids: set[str], timeout: float = 10) -> list[dict[str, Any]]:
     """The received spans of these traces, once each has its server span (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def complete() -> list[dict[str, Any]] | None:
         lines = spans_file.read_text().splitlines() if spans_file.exists() else []
         spans = [span for span in map(json.loads, lines) if span["trace_id"] in trace_ids]
-        if {s["trace_id"] for s in spans if s["kind"] == "SERVER"} == trace_ids or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.05)
+        return spans if {s["trace_id"] for s in spans if s["kind"] == "SERVER"} == trace_ids else None
+
+    return wait_until(complete, timeout, what="a server span of each trace")
 
 
 def test_spans_reach_a_collector_over_otlp_as_one_tree_without_secrets(tmp_path: Path, servers: BackgroundLoop) -> None:

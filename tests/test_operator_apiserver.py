@@ -21,8 +21,9 @@ import pytest
 
 from gptomni_operator.cookies import cookie_digest
 from tests.harness import sample_value, write_raw_pool_file
-from tests.kube_client import MERGE_PATCH, TABLE, KubeClient, condition_of, eventually, healthy_condition
+from tests.kube_client import MERGE_PATCH, TABLE, KubeClient, condition_of, healthy_condition
 from tests.operator_apiserver_env import ChartOperator, Cluster, Release, default_install, own_namespace
+from tests.polling import eventually
 from tests.processes import free_port, relay_process
 
 pytestmark = [pytest.mark.timeout(120)]

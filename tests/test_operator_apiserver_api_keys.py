@@ -26,8 +26,9 @@ import pytest
 
 from gptomni_common.api_key_set import DEFAULT_KEY_SET_SECRET, key_fingerprint, key_hash
 from tests.harness import write_data_link
-from tests.kube_client import CRD_API, MERGE_PATCH, TABLE, KubeClient, condition_of, eventually
+from tests.kube_client import CRD_API, MERGE_PATCH, TABLE, KubeClient, condition_of
 from tests.operator_apiserver_env import ChartOperator, Cluster, Release, default_install, own_namespace
+from tests.polling import eventually
 from tests.processes import free_port, relay_process
 
 pytestmark = [pytest.mark.timeout(120)]

@@ -17,8 +17,9 @@ import aiohttp
 import pytest
 
 from tests.harness import sample_value
-from tests.kube_client import KubeClient, eventually, healthy_condition
+from tests.kube_client import KubeClient, healthy_condition
 from tests.operator_apiserver_env import ChartOperator, Cluster, Release, peering_crds, stopped_cleanly
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.timeout(180)]
 WAIT = 30.0

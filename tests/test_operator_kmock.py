@@ -12,8 +12,9 @@ import pytest
 
 from gptomni_operator.cookies import cookie_digest
 from gptomni_relay.simulator import SimulatorState
-from tests.kube_client import eventually, healthy_condition
+from tests.kube_client import healthy_condition
 from tests.operator_env import ApiServerLikeEmulator, operator_env
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.kmock(cls=ApiServerLikeEmulator)]
 NS = "default"

@@ -36,6 +36,7 @@ from tests.harness import BackgroundLoop, sample_value, write_pool_file, write_r
 from tests.kube_client import KubeClient
 from tests.monitoring_files import DEFAULT_VARIABLES, RULES, PanelQuery, panel_queries
 from tests.operator_env import ApiServerLikeEmulator, declare_resources
+from tests.polling import wait_until
 from tests.processes import operator_process, relay_process
 from tests.prometheus_server import SCRAPE_SECONDS, PrometheusServer, Sample, ScrapeTarget, prometheus_server
 
@@ -88,17 +89,13 @@ class System:
             write_raw_pool_file(self.pool_dir, raw)
         else:
             write_pool_file(self.pool_dir, entries or [])
-        deadline = time.monotonic() + 10
-        while sample_value(self.relay_scrape(), "gptomni_pool_reloads_total", result=result) == before:
-            assert time.monotonic() < deadline, "the relay did not reload its pool file"
-            time.sleep(0.05)
+        wait_until(lambda: sample_value(self.relay_scrape(), "gptomni_pool_reloads_total", result=result) != before,
+                   what="the relay reloading its pool file")
 
     def wait_for_scrape_after(self, moment: float) -> None:
         """Until Prometheus holds a scrape of both targets taken after `moment`."""
-        deadline = time.monotonic() + 15
-        while min((s.value for s in self.prometheus.query("timestamp(up)")), default=0.0) <= moment + 0.05:
-            assert time.monotonic() < deadline, "Prometheus stopped scraping"
-            time.sleep(SCRAPE_SECONDS / 4)
+        wait_until(lambda: min((s.value for s in self.prometheus.query("timestamp(up)")), default=0.0) > moment + 0.05,
+                   15, SCRAPE_SECONDS / 4, "a scrape of both targets after the moment")
 
     def evaluate(self, query: PanelQuery, at: float) -> list[Sample]:
         return self.prometheus.query(query.substituted(self.variables), at)
@@ -315,10 +312,8 @@ def test_rules_evaluate_on_the_real_metrics(system: System) -> None:
     wait of 2 s among fewer than 20 makes the p95) are pending (they fire after 5 and 10
     minutes); nothing else."""
     prometheus = system.prometheus
-    deadline = time.monotonic() + 10
-    while not prometheus.query('ALERTS{alertname="GPTOmniPoolReloadRejected",alertstate="firing"}'):
-        assert time.monotonic() < deadline, prometheus.query("ALERTS")
-        time.sleep(SCRAPE_SECONDS / 2)
+    wait_until(lambda: prometheus.query('ALERTS{alertname="GPTOmniPoolReloadRejected",alertstate="firing"}'), 10,
+               SCRAPE_SECONDS / 2, "the rejected pool file's alert firing")
     alerts = {(s.labels["alertname"], s.labels["alertstate"]): s.labels for s in prometheus.query("ALERTS")}
     assert set(alerts) == {("GPTOmniPoolReloadRejected", "firing"), ("GPTOmniNoHealthyCredential", "pending"),
                            ("GPTOmniErrorRatioHigh", "pending"), ("GPTOmniCredentialWaitHigh", "pending")}

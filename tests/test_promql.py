@@ -11,7 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.monitoring_files import DEFAULT_VARIABLES, alert_rules, panel_queries, variable_queries
-from tests.operator_env import ApiServerLikeEmulator, eventually, operator_env
+from tests.operator_env import ApiServerLikeEmulator, operator_env
+from tests.polling import eventually
 
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
             "gauge": ("",), "summary": ("", "_count", "_sum", "_created")}

@@ -12,6 +12,7 @@ from gptomni_relay.core.shaping import TextCutter, cut_text
 from gptomni_relay.core.usage import estimate_tokens
 from gptomni_relay.simulator import Behaviour, SimulatorState
 from tests.harness import Harness
+from tests.polling import eventually
 
 HELLO = [{"role": "user", "content": "Hello relay"}]
 EXPECTED = "Hello from the GPT-Omni simulator! You said: Hello relay"
@@ -115,13 +116,5 @@ def test_a_cut_stream_stops_reading_gpt_omni(make_relay) -> None:  # noqa: ANN00
     chunks = list(relay.client().chat.completions.create(model="gptomni", messages=HELLO, stream=True, max_tokens=3))
     assert chunks[-1].choices[0].finish_reason == "length"
     # The upstream answer (400 words, ~4 s) was abandoned, not read to its end.
-    relay.on_loop(_until(lambda: sim.unfinished == 1))
+    relay.on_loop(eventually(lambda: sim.unfinished == 1, step=0.01))
     assert sim.completed == 0
-
-
-async def _until(condition, timeout: float = 10) -> None:  # noqa: ANN001
-    import asyncio
-
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
