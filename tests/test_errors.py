@@ -120,8 +120,9 @@ def test_upstream_rate_limit_is_429_with_retry_after(make_relay) -> None:  # noq
     sim = SimulatorState(default=Behaviour(status=429, retry_after=7))
     relay = make_relay(sim=sim)
     response = relay.http().post("/v1/chat/completions", json={"model": "gptomni", "messages": HELLO, "stream": True})
-    assert_openai_error(response, 429, code="credentials_cooling_down")
+    error = assert_openai_error(response, 429, code="credentials_cooling_down")
     assert 6 <= int(response.headers["retry-after"]) <= 7
+    assert error["message"].count("cooling down") == 1 and "retry in" in error["message"]  # said once
     with pytest.raises(openai.RateLimitError):
         relay.client().chat.completions.create(model="gptomni", messages=HELLO)
     assert len(sim.received) == 1  # the cooling credential was not asked again

@@ -105,7 +105,7 @@ def error_for(exc: RelayError, conversation_param: str = "messages") -> APIError
         return APIError(503, f"GPT-Omni is behind a Cloudflare challenge: {exc}.",
                         code="upstream_challenge", retry_after=exc.retry_after)
     if isinstance(exc, AllCoolingDown):
-        return APIError(429, f"All GPT-Omni credentials are cooling down after upstream rate limits; {exc}.",
+        return APIError(429, f"GPT-Omni is rate limiting the relay: {exc}.",
                         code="credentials_cooling_down", retry_after=exc.retry_after)
     if isinstance(exc, AllBusy):
         return APIError(429, "All GPT-Omni credentials are at their concurrency limit; retry shortly.",
