@@ -74,3 +74,20 @@ def test_a_length_cut_is_passed_on_as_length(relay: Harness) -> None:
     with pytest.raises(openai.LengthFinishReasonError):
         relay.client().chat.completions.parse(model="gptomni", messages=ask(FENCED), response_format=Weather,
                                               max_tokens=3)
+
+
+class Reading(BaseModel):
+    celsius: float
+
+
+def test_a_number_json_cannot_carry_is_asked_again_never_passed_on(relay: Harness) -> None:
+    # Python's json reads 1e999 as infinity and would write it back as `Infinity`, which
+    # no client's JSON parser takes: such an answer is unusable, as prose is.
+    cue = '{"celsius": 1e999} ||| {"celsius": -1e400} ||| {"celsius": 21.5}'
+    completion = relay.client().chat.completions.parse(model="gptomni", messages=ask(cue), response_format=Reading)
+    assert completion.choices[0].message.parsed == Reading(celsius=21.5)
+    assert len(relay.sim.received) == 3
+    content = relay.client().chat.completions.create(
+        model="gptomni", messages=ask('{"big": 1e999, "fine": 1} {"fine": 2}'), response_format={"type": "json_object"},
+    ).choices[0].message.content
+    assert json.loads(content or "") == {"fine": 2}

@@ -313,3 +313,15 @@ def test_parse_reads_a_pydantic_tools_arguments(relay: Harness) -> None:
     [parsed] = completion.choices[0].message.tool_calls
     assert parsed.function.parsed_arguments == GetWeather(city="Rome")
     assert '"additionalProperties": false' in relay.sim.received[-1].prompt  # the strict schema was described
+
+
+def test_arguments_json_cannot_carry_are_asked_again(relay: Harness) -> None:
+    # 1e999 (bare or in string arguments) would go out as `Infinity`: not JSON to any client.
+    number = {"type": "function", "function": {"name": "set_heat", "parameters": {
+        "type": "object", "properties": {"celsius": {"type": "number"}}, "required": ["celsius"]}}}
+    cue = ('<tool_call>{"name": "set_heat", "arguments": {"celsius": 1e999}}</tool_call> ||| '
+           '<tool_call>{"name": "set_heat", "arguments": "{\\"celsius\\": 1e999}"}</tool_call> ||| '
+           '<tool_call>{"name": "set_heat", "arguments": {"celsius": 21.5}}</tool_call>')
+    completion = create(relay, cue, tools=[number], tool_choice="required")
+    assert calls_of(completion) == [("set_heat", {"celsius": 21.5})]
+    assert len(relay.sim.received) == 3

@@ -11,6 +11,7 @@ many openings would otherwise cost quadratic time on hostile text).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,21 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+def _finite(text: str) -> float:
+    # Python reads 1e999 as infinity and would write it back as `Infinity`, which no
+    # client's JSON parser takes: a number JSON cannot carry makes the value no JSON.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
+
+
+def parse_json(text: str) -> Any:
+    """`text` as one JSON value that can be written back as JSON; ValueError otherwise."""
+    return _DECODER.decode(text)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from gptomni_relay.core.conversation import TOOL_CALL_TAG, ToolCall, render_tool_call
 from gptomni_relay.core.errors import UnusableAnswer
-from gptomni_relay.core.shaping.extraction import Found, bare_values, json_values, tagged
+from gptomni_relay.core.shaping.extraction import Found, bare_values, json_values, parse_json, tagged
 from gptomni_relay.core.shaping.schemas import first_violation
 from gptomni_relay.core.shaping.shape import AnswerShape, FunctionTool, ShapedAnswer, ToolChoice
 
@@ -133,7 +133,7 @@ def _located_calls(text: str) -> tuple[list[tuple[Any, Any]], list[Found]]:
 def _arguments(tool: FunctionTool, arguments: Any) -> str:
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments)
+            arguments = parse_json(arguments)
         except (ValueError, RecursionError):
             raise UnusableAnswer(f"the arguments of the call to `{tool.name}` are not JSON",
                                  code=INVALID_TOOL_CALL) from None
