@@ -91,3 +91,18 @@ def test_a_number_json_cannot_carry_is_asked_again_never_passed_on(relay: Harnes
         model="gptomni", messages=ask('{"big": 1e999, "fine": 1} {"fine": 2}'), response_format={"type": "json_object"},
     ).choices[0].message.content
     assert json.loads(content or "") == {"fine": 2}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_lone_surrogate_escape_is_no_text_and_asked_again(relay: Harness, stream: bool) -> None:
+    # `"\ud800"` is valid JSON but decodes to no character UTF-8 can carry: passed on, it
+    # broke the response (a 500, a cut stream). Such JSON is unusable, as prose is.
+    cue = r'{"city": "\ud800", "celsius": 1} ||| {"city": "Paris \ud83d\ude00", "celsius": 21}'
+    completion = relay.client().chat.completions.create(model="gptomni", messages=ask(cue), stream=stream,
+                                                        response_format={"type": "json_object"})
+    if stream:
+        content = "".join(c.choices[0].delta.content or "" for c in completion)
+    else:
+        content = completion.choices[0].message.content or ""
+    assert json.loads(content) == {"city": "Paris \N{GRINNING FACE}", "celsius": 21}  # a real pair is kept
+    assert len(relay.sim.received) == 2

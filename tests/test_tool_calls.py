@@ -325,3 +325,27 @@ def test_arguments_json_cannot_carry_are_asked_again(relay: Harness) -> None:
     completion = create(relay, cue, tools=[number], tool_choice="required")
     assert calls_of(completion) == [("set_heat", {"celsius": 21.5})]
     assert len(relay.sim.received) == 3
+
+
+@pytest.mark.parametrize("surface", ["chat", "responses"])
+def test_lone_surrogates_in_calls_neither_break_the_answer_nor_the_prompt(relay: Harness, surface: str) -> None:
+    # GPT-Omni's call with a `\udc00` escape in its arguments is asked again; a client's
+    # earlier call with one is folded as the client sent it (either was a 500).
+    cue = (r'<tool_call>{"name": "get_weather", "arguments": {"city": "\udc00"}}</tool_call> ||| '
+           + call(city="Oslo"))
+    sent = r'{"city": "\ud800"}'
+    if surface == "chat":
+        history = [{"role": "assistant", "content": None, "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": sent}}]},
+                   {"role": "tool", "tool_call_id": "call_1", "content": "unknown city"}]
+        completion = relay.client().chat.completions.create(model="gptomni", messages=[*ask(cue), *history],
+                                                            tools=TOOLS, tool_choice="required")
+        assert calls_of(completion) == [("get_weather", {"city": "Oslo"})]
+    else:
+        response = relay.client().responses.create(model="gptomni", tool_choice="required", tools=[
+            {"type": "function", **WEATHER["function"]}], input=[
+            *ask(cue), {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": sent},
+            {"type": "function_call_output", "call_id": "call_1", "output": "unknown city"}])
+        assert [json.loads(item.arguments) for item in response.output] == [{"city": "Oslo"}]
+    first, second = (received.prompt for received in relay.sim.received)
+    assert r'"arguments": "{\"city\": \"\\ud800\"}"' in first  # the client's arguments, as sent

@@ -84,10 +84,19 @@ def render_tool_call(name: str, arguments: str, call_id: str | None = None) -> s
     """A call as the model is told to write it (core/shaping/tool_calls.py parses it back)."""
     try:
         parsed: object = json.loads(arguments)
+        rendered = _call_json(name, parsed, call_id)
     except (ValueError, RecursionError):
-        parsed = arguments  # kept as the client sent it: the model should see what was called
-    call = {"id": call_id, "name": name, "arguments": parsed} if call_id else {"name": name, "arguments": parsed}
-    return f"<{TOOL_CALL_TAG}>{json.dumps(call, ensure_ascii=False)}</{TOOL_CALL_TAG}>"
+        # Kept as the client sent it: the model should see what was called. Also when the
+        # arguments decode to a lone surrogate (a `\\ud800` escape), which no prompt can carry.
+        rendered = _call_json(name, arguments, call_id)
+    return f"<{TOOL_CALL_TAG}>{rendered}</{TOOL_CALL_TAG}>"
+
+
+def _call_json(name: str, arguments: object, call_id: str | None) -> str:
+    call = {"id": call_id, "name": name, "arguments": arguments} if call_id else {"name": name, "arguments": arguments}
+    text = json.dumps(call, ensure_ascii=False)
+    text.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
+    return text
 
 
 def turn_text(turn: Turn, index: int) -> str:

@@ -40,9 +40,22 @@ def _finite(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
 
 
+def _writable(value: Any) -> Any:
+    """`value` if it can go out as UTF-8 JSON. A `"\\ud800"` escape is valid JSON but
+    decodes to a lone surrogate, which no UTF-8 text can carry: passed on, it broke the
+    response (and the corrective prompt quoting it). ValueError then."""
+    json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
+    return value
+
+
+def _decode(text: str, start: int = 0) -> tuple[Any, int]:
+    value, end = _DECODER.raw_decode(text, start)
+    return _writable(value), end
+
+
 def parse_json(text: str) -> Any:
     """`text` as one JSON value that can be written back as JSON; ValueError otherwise."""
-    return _DECODER.decode(text)
+    return _writable(_DECODER.decode(text))
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,7 @@ def parse_whole(text: str, start: int = 0, end: int = 0) -> Found:
     """The one JSON value `text` holds (surrounding whitespace aside), or no value."""
     stripped = text.strip()
     try:
-        value, stop = _DECODER.raw_decode(stripped)
+        value, stop = _decode(stripped)
     except (ValueError, RecursionError):  # nested deeper than the decoder goes: not an answer's JSON
         return Found(None, None, start, end)
     return Found(value, stripped, start, end) if stop == len(stripped) else Found(None, None, start, end)
@@ -97,7 +110,7 @@ def bare_values(text: str) -> list[Found]:
         if opening is None:
             break
         try:
-            value, end = _DECODER.raw_decode(text, opening.start())
+            value, end = _decode(text, opening.start())
         except (ValueError, RecursionError):  # nested deeper than the decoder goes: not an answer's JSON
             position = opening.start() + 1
             continue
