@@ -349,3 +349,29 @@ def test_lone_surrogates_in_calls_neither_break_the_answer_nor_the_prompt(relay:
         assert [json.loads(item.arguments) for item in response.output] == [{"city": "Oslo"}]
     first, second = (received.prompt for received in relay.sim.received)
     assert r'"arguments": "{\"city\": \"\\ud800\"}"' in first  # the client's arguments, as sent
+
+
+def test_a_schema_ref_is_never_fetched_and_must_resolve_in_the_schema(relay: Harness) -> None:
+    # jsonschema, given no registry, fetches a `$ref` it does not know over HTTP: a client
+    # could make the relay GET any URL (and hold its event loop while it did), then a 500.
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        remote = f"http://127.0.0.1:{listener.getsockname()[1]}/schema.json"
+        refused = [bad_request(relay, tools=[tool("f", {"$ref": remote})]),
+                   bad_request(relay, response_format={"type": "json_schema", "json_schema": {
+                       "name": "n", "schema": {"type": "object", "properties": {"a": {"$ref": remote}}}}}),
+                   bad_request(relay, tools=[tool("f", {"type": "object", "properties": {
+                       "x": {"$ref": "#/$defs/missing"}}})])]
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    assert [body["param"] for body in refused] == ["tools[0].function.parameters", "response_format.json_schema.schema",
+                                                   "tools[0].function.parameters"]
+    assert "$ref" in refused[0]["message"] and "$ref" in refused[2]["message"]
+    # References inside the schema, as pydantic writes nested models, are fine.
+    nested = tool("get_weather", {"type": "object", "$defs": {"City": {"type": "string", "pattern": "^[A-Z]"}},
+                                  "properties": {"city": {"$ref": "#/$defs/City"}}, "required": ["city"]})
+    cue = call(city="paris") + " ||| " + call(city="Paris")
+    assert calls_of(create(relay, cue, tools=[nested], tool_choice="required")) == [("get_weather", {"city": "Paris"})]
+    assert "'paris' does not match '^[A-Z]'" in relay.sim.received[-1].prompt

@@ -24,10 +24,18 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012, specification_with
 
 MAX_SCHEMA_BYTES = 32_768  # one schema, as compact JSON
 MAX_SCHEMA_DEPTH = 32  # nested objects / arrays (jsonschema recurses on them)
 PATTERN_SECONDS = 0.25  # all pattern matching of one check together
+# What a `$ref` may resolve to beyond the schema itself: nothing. Given no registry,
+# jsonschema fetches an unknown `$ref` over HTTP, so a client could make the relay GET any
+# URL (blocking its event loop while it did); with one, retrieval fails at once.
+_NO_FETCH: Registry[Any] = Registry()
+_REFS = ("$ref", "$dynamicRef")
 
 
 def _depth(value: Any) -> int:
@@ -57,6 +65,29 @@ def _problem(schema: Mapping[str, Any], size: int) -> str | None:
         validator_for(schema, default=Draft202012Validator).check_schema(schema)
     except SchemaError as exc:
         return exc.message
+    return _unresolved_ref(schema)
+
+
+def _unresolved_ref(schema: Mapping[str, Any]) -> str | None:
+    """Each `$ref` must resolve within the schema (`#/$defs/...`, `#`, a sub-schema's
+    `$id`), as OpenAI's structured outputs require: the relay fetches no schema."""
+    specification = specification_with(str(schema.get("$schema", "")), default=DRAFT202012)
+    pending = [(schema, _NO_FETCH.resolver_with_root(specification.create_resource(schema)))]
+    while pending:
+        node, resolver = pending.pop()
+        if isinstance(node, dict):
+            if node is not schema and ("$id" in node or "id" in node):
+                resolver = resolver.in_subresource(specification.create_resource(node))
+            for key in _REFS:
+                if isinstance(ref := node.get(key), str):
+                    try:
+                        resolver.lookup(ref)
+                    except Unresolvable:
+                        return f"the schema's {key} {ref!r} does not resolve within the schema (the relay fetches none)"
+            children: Any = node.values()
+        else:
+            children = node
+        pending.extend((child, resolver) for child in children if isinstance(child, (dict, list)))
     return None
 
 
@@ -113,7 +144,7 @@ def _bounded_validator(schema: Mapping[str, Any]) -> Validator:
 
     base = validator_for(schema, default=Draft202012Validator)
     bounded = validators.extend(base, {"pattern": pattern, "patternProperties": pattern_properties})
-    return bounded(schema)
+    return bounded(schema, registry=_NO_FETCH)
 
 
 def first_violation(schema: Mapping[str, Any], instance: Any) -> str | None:
@@ -126,6 +157,8 @@ def first_violation(schema: Mapping[str, Any], instance: Any) -> str | None:
         return "the value nests too deep to be checked"
     except regex.error as exc:
         return f"a pattern of the schema cannot be used: {exc}"
+    except Unresolvable:  # refused when the request was read; never fetched either way
+        return "a $ref of the schema does not resolve"
     if error is None:
         return None
     where = "".join(f"[{part!r}]" for part in error.absolute_path)
