@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -213,3 +214,18 @@ def test_every_answer_carries_a_request_id_the_sdk_reads(make_relay) -> None:  #
     assert len(set(ids)) == len(ids)
     assert client.models.with_raw_response.list().request_id.startswith("req_")
     assert client.models.with_raw_response.retrieve("gptomni").request_id.startswith("req_")
+
+
+def test_the_sdk_retries_a_429_after_its_retry_after(make_relay) -> None:  # noqa: ANN001
+    # The SDK's own retry (max_retries) waits the Retry-After the relay sends; by then the
+    # credential's cooldown is over and the relay asks GPT-Omni again.
+    sim = SimulatorState(default=Behaviour(status=429, retry_after=1))
+    relay = make_relay(sim=sim)
+    client = openai.OpenAI(base_url=f"{relay.url}/v1", api_key=relay.api_key, max_retries=1)
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gptomni", messages=HELLO)
+    client.close()
+    assert time.monotonic() - started >= 1  # it waited as told (a lower bound only)
+    assert caught.value.response.headers["retry-after"] == "1" and caught.value.code == "credentials_cooling_down"
+    assert len(sim.received) == 2  # the retry reached GPT-Omni once the cooldown ended
