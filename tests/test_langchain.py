@@ -1,6 +1,7 @@
 """LangChain's OpenAI chat model (`langchain-openai` ChatOpenAI) pointed at a real relay:
 `bind_tools` (streamed and not, and the tool result's turn), `with_structured_output`
-through function calling and through json_schema."""
+through function calling and through json_schema, the same over the Responses API
+(`use_responses_api`), and `stream_usage`."""
 
 from __future__ import annotations
 
@@ -79,3 +80,23 @@ def test_structured_output_by_json_schema(relay: Harness) -> None:
     answer = structured.invoke([human('Here: {"city": "Paris", "celsius": 21}')])
     assert answer == Weather(city="Paris", celsius=21)
     assert "matches this JSON schema" in relay.sim.received[-1].prompt
+
+
+def test_the_responses_api_and_stream_usage(relay: Harness) -> None:
+    # ChatOpenAI(use_responses_api=True) speaks /v1/responses; stream_usage asks chat for
+    # the usage chunk (stream_options.include_usage).
+    responses = ChatOpenAI(model="gptomni", base_url=f"{relay.url}/v1", api_key=relay.api_key, max_retries=0,
+                           use_responses_api=True)
+    called = responses.bind_tools([get_weather]).invoke([human(CALL)])
+    assert [(c["name"], c["args"]) for c in called.tool_calls] == [("get_weather", {"city": "Paris"})]
+    weather = responses.with_structured_output(Weather, method="json_schema").invoke(
+        [human('Sure: {"city": "Paris", "celsius": 21}')])
+    assert weather == Weather(city="Paris", celsius=21)
+    streamed = list(responses.stream("Hello relay"))
+    assert "".join(part["text"] for chunk in streamed for part in chunk.content if isinstance(part, dict)) == (
+        "Hello from the GPT-Omni simulator! You said: Hello relay")
+    chunks = list(ChatOpenAI(model="gptomni", base_url=f"{relay.url}/v1", api_key=relay.api_key, max_retries=0,
+                             stream_usage=True).stream("Hello relay"))
+    usage = [chunk.usage_metadata for chunk in chunks if chunk.usage_metadata]
+    assert len(usage) == 1 and usage[0]["output_tokens"] > 0
+    assert usage[0]["total_tokens"] == usage[0]["input_tokens"] + usage[0]["output_tokens"]
