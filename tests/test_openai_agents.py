@@ -1,6 +1,7 @@
 """An agents framework that speaks Responses (PyPI `openai-agents`): an Agent with a
 function tool, run offline against the relay through `OpenAIResponsesModel`; the tool is
-called, its result goes back, and the agent's final answer uses it."""
+called, its result goes back, and the agent's final answer uses it; the same through
+`OpenAIChatCompletionsModel`, with a structured `output_type`."""
 
 from __future__ import annotations
 
@@ -44,3 +45,35 @@ async def test_an_agent_calls_its_tool_and_answers_with_the_result(relay: Harnes
     prompts = [received.prompt for received in relay.sim.received]
     assert "System: You answer weather questions." in prompts[0] and "get_weather" in prompts[0]
     assert "Tool result (get_weather" in prompts[1]
+
+
+async def test_an_agent_on_the_chat_completions_model(relay: Harness) -> None:
+    # The same agent through `OpenAIChatCompletionsModel` (what people point at
+    # OpenAI-compatible servers): tools streamed and not, and a structured `output_type`.
+    from agents import ModelSettings, OpenAIChatCompletionsModel
+    from pydantic import BaseModel
+
+    class Forecast(BaseModel):
+        city: str
+        celsius: int
+
+    set_tracing_disabled(True)
+    client = openai.AsyncOpenAI(base_url=f"{relay.url}/v1", api_key=relay.api_key, max_retries=0)
+    model = OpenAIChatCompletionsModel(model="gptomni", openai_client=client)
+    settings = ModelSettings(include_usage=True, parallel_tool_calls=False, max_tokens=200)
+    agent = Agent(name="weather", instructions="You answer weather questions.", tools=[get_weather], model=model,
+                  model_settings=settings)
+    structured = Agent(name="forecast", tools=[get_weather], model=model, output_type=Forecast)
+    calls.clear()
+    try:
+        result = await Runner.run(agent, f"Paris? [[simulate: {CALL} ||| Chat says: {{{{tool_result}}}} ]]")
+        streamed = Runner.run_streamed(agent, f"Paris? [[simulate: {CALL} ||| Streamed: {{{{tool_result}}}} ]]")
+        async for _ in streamed.stream_events():
+            pass
+        forecast = await Runner.run(structured, 'Paris? [[simulate: Sure: {"city": "Paris", "celsius": 21} ]]')
+    finally:
+        await client.close()
+    assert result.final_output == "Chat says: 21 C and sunny in Paris"
+    assert streamed.final_output == "Streamed: 21 C and sunny in Paris"
+    assert forecast.final_output == Forecast(city="Paris", celsius=21)
+    assert calls == ["Paris", "Paris"]
