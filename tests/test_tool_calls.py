@@ -375,3 +375,15 @@ def test_a_schema_ref_is_never_fetched_and_must_resolve_in_the_schema(relay: Har
     cue = call(city="paris") + " ||| " + call(city="Paris")
     assert calls_of(create(relay, cue, tools=[nested], tool_choice="required")) == [("get_weather", {"city": "Paris"})]
     assert "'paris' does not match '^[A-Z]'" in relay.sim.received[-1].prompt
+
+
+def test_a_closing_tag_inside_an_argument_is_part_of_the_argument(relay: Harness) -> None:
+    # A coding agent's file may well hold `</tool_call>`: the call's JSON decides where
+    # the tag ends, not the first closing tag in the text.
+    write = tool("write_file", {"type": "object", "properties": {"content": {"type": "string"}}, "required": ["content"]})
+    content = "Use <tool_call>{...}</tool_call> to call."
+    written = "<tool_call>" + json.dumps({"name": "write_file", "arguments": {"content": content}}) + "</tool_call>"
+    completion = create(relay, f"Writing it. {written}\n{call('get_time')}", tools=[write, TIME], tool_choice="required")
+    assert calls_of(completion) == [("write_file", {"content": content}), ("get_time", {})]
+    assert completion.choices[0].message.content == "Writing it."
+    assert len(relay.sim.received) == 1

@@ -22,6 +22,7 @@ MAX_BARE_STARTS = 64
 TAGGED = re.compile(r"<(tool_calls?|function_call)>(.*?)(?:</\1>|\Z)", re.S)
 _FENCE = re.compile(r"```[A-Za-z0-9_+-]*[^\S\n]*\n?(.*?)```", re.S)
 _OPENING = re.compile(r"[{\[]")
+_SPACE = re.compile(r"\s*")
 
 
 def _no_constants(name: str) -> Any:
@@ -82,14 +83,41 @@ def parse_whole(text: str, start: int = 0, end: int = 0) -> Found:
 def tagged(text: str) -> list[Found]:
     """The contents of every tag, each a JSON value or, inside the tag, a fenced one."""
     found = []
-    for match in TAGGED.finditer(text):
+    position = 0
+    # Each look past a closing tag decodes from the tag on (a failed decode costs the text
+    # up to where it failed): bounded as the bare starts are.
+    looks = MAX_BARE_STARTS
+    while (match := TAGGED.search(text, position)) is not None:
         value = parse_whole(match.group(2), match.start(), match.end())
+        if value.text is None and looks > 0:
+            looks -= 1
+            value = _json_through_closing(text, match) or value
         if value.text is None:
             fenced = [f for f in _fenced(match.group(2)) if f.text is not None]
             if len(fenced) == 1:
                 value = Found(fenced[0].value, fenced[0].text, match.start(), match.end())
         found.append(value)
+        position = max(value.end, match.end())
     return found
+
+
+def _json_through_closing(text: str, match: re.Match[str]) -> Found | None:
+    """The JSON value right after an opening tag, when it runs past the first closing tag
+    to another: an argument may hold `</tool_call>` (a coding agent's file), so the value,
+    not the first closing tag in the text, says where the tag ends."""
+    closing = f"</{match.group(1)}>"
+    if not match.group(0).endswith(closing):
+        return None  # unclosed: it already runs to the end
+    body = match.group(2)
+    begin = match.start(2) + len(body) - len(body.lstrip())
+    try:
+        value, stop = _decode(text, begin)
+    except (ValueError, RecursionError):
+        return None
+    after = _SPACE.match(text, stop).end()  # type: ignore[union-attr]  # (no copy of the rest per tag)
+    if not text.startswith(closing, after):
+        return None
+    return Found(value, text[begin:stop], match.start(), after + len(closing))
 
 
 def _fenced(text: str) -> list[Found]:
