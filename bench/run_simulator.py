@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from gptomni_relay.edge.server import serve_app
 from gptomni_relay.gc_tuning import tune_gc_for_serving
-from gptomni_relay.server import serve_app
 from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
 
 

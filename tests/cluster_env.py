@@ -19,7 +19,7 @@ from typing import Any
 import helm_python as helm
 import openai
 
-from gptomni_relay.server import serve_app
+from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.chart_render import CHART
 from tests.harness import BackgroundLoop

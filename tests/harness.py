@@ -27,8 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gptomni_relay.app import create_app
 from gptomni_relay.cli import http_limits
+from gptomni_relay.edge.server import RunningServer, serve_app
 from gptomni_relay.probes import create_metrics_app
-from gptomni_relay.server import RunningServer, serve_app
 from gptomni_relay.settings import RelaySettings
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from gptomni_relay.state import RelayState

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from gptomni_relay.server import serve_app
+from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.apiserver import ADMIN, ApiServer, Identity
 from tests.chart_render import CHART, by_kind, render

@@ -26,7 +26,7 @@ from gptomni_operator.handlers import register
 from gptomni_operator.memo import CredentialMemo
 from gptomni_operator.settings import OperatorSettings
 from gptomni_operator.state import OperatorState
-from gptomni_relay.server import RunningServer, serve_app
+from gptomni_relay.edge.server import RunningServer, serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.harness import sample_value
 from tests.kube_client import KubeClient, write_kubeconfig

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from gptomni_common.api_key_set import key_hash
-from gptomni_relay.server import serve_app
+from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
 from tests.harness import API_KEY, BackgroundLoop, Harness, sample_value
 from tests.polling import wait_until

@@ -20,7 +20,7 @@ from gptomni_relay.core.attempt_observer import AttemptObserver, BothObservers
 from gptomni_relay.core.errors import NoCredentials, UpstreamFailed
 from gptomni_relay.core.failover import AnswerSource, FailoverPolicy
 from gptomni_relay.core.pool import Credential, CredentialPool
-from gptomni_relay.server import serve_app
+from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
 from tests.polling import FakeClock, eventually
 

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
-from gptomni_relay.server import serve_app
+from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.bystander import Bystander
 from tests.harness import BackgroundLoop, Harness, sample_value

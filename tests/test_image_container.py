@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from gptomni_relay.server import serve_app
+from gptomni_relay.edge.server import serve_app
 from gptomni_relay.settings import DEMO_API_KEY
 from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app, default_answer
 from tests.chart_render import render

@@ -6,6 +6,8 @@ boundary crossed in a function body or behind `TYPE_CHECKING` is found too.
   and none of the edge's frameworks; metrics and tracing watch it through the observer
   protocol (core/attempt_observer.py), the configuration reaches it as plain arguments.
 - `gptomni_common` is shared by the relay and the operator: it imports neither.
+- `gptomni_relay.edge` is the only code that imports uvicorn: the guard leans on its
+  private classes (tests/test_uvicorn_contract.py), so what depends on them stays in one place.
 - `gptomni_relay.settings` is a leaf: nothing it imports, however indirectly, is of the
   relay, and it reads no file (a `*_FILE` setting is a path; its user reads it).
 """
@@ -95,6 +97,14 @@ def test_settings_is_a_leaf() -> None:
 
 def test_core_imports_nothing_of_the_edge() -> None:
     assert crossings(CORE, "gptomni_relay.core", ("gptomni_relay", "gptomni_operator", *EDGE_PACKAGES)) == []
+
+
+def test_only_the_edge_imports_uvicorn() -> None:
+    relay = SERVICE / "gptomni_relay"
+    found = [f"{path.relative_to(SERVICE)}:{line} imports {module}"
+             for path in sorted(relay.rglob("*.py")) if path.relative_to(relay).parts[0] != "edge"
+             for line, module in imports_of(path) if within(module, "uvicorn") or within(module, "httptools")]
+    assert found == []
 
 
 def test_common_imports_neither_program() -> None:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gptomni_relay.server import serve_app
+from gptomni_relay.edge.server import serve_app
 from gptomni_relay.settings import DEMO_API_KEY
 from gptomni_relay.simulator import Behaviour, SimulatorState, build_simulator_app
 from tests.harness import BackgroundLoop, Harness, write_pool_file

@@ -30,7 +30,7 @@ import httpx
 import kmock
 import pytest
 
-from gptomni_relay.server import serve_app
+from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.harness import BackgroundLoop, sample_value, write_pool_file, write_raw_pool_file
 from tests.kube_client import KubeClient

@@ -14,10 +14,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from starlette.types import Receive, Scope, Send
 
 from gptomni_relay import __version__
+from gptomni_relay.edge.raw_send import expose_server_send, withdraw_server_send
 from gptomni_relay.openai_api import chat_route, completions_route, models_route, responses_route
 from gptomni_relay.openai_api.admission import KeyAdmissionMiddleware
 from gptomni_relay.openai_api.errors import install_error_handlers
-from gptomni_relay.openai_api.event_stream import SERVER_SEND_SCOPE_KEY
 from gptomni_relay.probes import probe_routes
 from gptomni_relay.settings import RelaySettings
 from gptomni_relay.state import build_state
@@ -25,7 +25,7 @@ from gptomni_relay.tracing import build_tracer_provider, incoming_trace_context
 
 
 class RelayApp(FastAPI):
-    """Leaves the server's own `send` in the scope for the streaming hot path (event_stream.py)
+    """Leaves the server's own `send` in the scope for the streaming hot path (edge/raw_send.py)
     and, when no server spans are recorded, keeps the caller's trace context for the logs."""
 
     records_server_spans = False
@@ -33,7 +33,7 @@ class RelayApp(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await super().__call__(scope, receive, send)
-        scope[SERVER_SEND_SCOPE_KEY] = send
+        expose_server_send(scope, send)
         incoming = None if self.records_server_spans else incoming_trace_context(scope["headers"])
         token = None if incoming is None else otel_context.attach(incoming)
         try:
@@ -41,9 +41,7 @@ class RelayApp(FastAPI):
         finally:
             if token is not None:
                 otel_context.detach(token)
-            # `send` is a method of the server's request object, which holds this scope:
-            # left here, the pair would wait for the garbage collector (tests/test_no_cycles.py).
-            del scope[SERVER_SEND_SCOPE_KEY]
+            withdraw_server_send(scope)
 
 
 def create_app(settings: RelaySettings | None = None, tracer_provider: TracerProvider | None = None,

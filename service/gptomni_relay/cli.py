@@ -23,9 +23,9 @@ from pydantic_settings import SettingsError
 from gptomni_common.logging_setup import configure_logging
 from gptomni_common.redaction import describe_validation_error
 from gptomni_common.settings_help import add_help_and_version
+from gptomni_relay.edge.http_guard import HttpLimits
+from gptomni_relay.edge.server import bind_socket, main_server, serve_app
 from gptomni_relay.gc_tuning import collect_young_objects_regularly, tune_gc_for_serving
-from gptomni_relay.http_guard import HttpLimits
-from gptomni_relay.server import bind_socket, serve_app, uvicorn_config
 from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
 from gptomni_relay.state import ConfigurationError, resolve_api_keys
 
@@ -77,8 +77,6 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def run(settings: RelaySettings, sock: socket.socket, metrics_sock: socket.socket) -> None:
-    import uvicorn
-
     from gptomni_relay.app import create_app
     from gptomni_relay.probes import create_metrics_app
 
@@ -115,13 +113,13 @@ async def run(settings: RelaySettings, sock: socket.socket, metrics_sock: socket
         tune_gc_for_serving()
         young_collections = asyncio.create_task(collect_young_objects_regularly())
         stack.callback(young_collections.cancel)
-        server = uvicorn.Server(uvicorn_config(
+        server = main_server(
             app,
             http_limits(settings),
             # Open streams run on for the grace period, then are cancelled (closing upstream).
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             timeout_keep_alive=settings.keep_alive_timeout_seconds,
-        ))
+        )
         await server.serve(sockets=[sock])
 
 

@@ -23,13 +23,13 @@ from gptomni_relay.core.conversation import Turn, fold_conversation
 from gptomni_relay.core.errors import RelayError
 from gptomni_relay.core.shaping import AnswerShape, TextCutter, instructions, shaped_answer
 from gptomni_relay.core.usage import estimate_tokens
+from gptomni_relay.edge.hang_up import HangUpWatch
 from gptomni_relay.metrics import UNKNOWN_MODEL, RelayMetrics
 from gptomni_relay.openai_api.admission import admit, token_counter
 from gptomni_relay.openai_api.answer_writer import CLIENT_GONE, AnswerWriter
 from gptomni_relay.openai_api.auth import require_api_key
 from gptomni_relay.openai_api.errors import APIError, error_for, new_request_id
 from gptomni_relay.openai_api.event_stream import EventStreamResponse
-from gptomni_relay.openai_api.hang_up import HangUpWatch
 from gptomni_relay.openai_api.request_reading import read_limited_body
 from gptomni_relay.settings import RelaySettings
 from gptomni_relay.state import RelayState

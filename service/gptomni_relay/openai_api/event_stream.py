@@ -6,7 +6,7 @@ task group, a cancel scope and a lock around every send, ~20 KB per stream) and
 replaced by this writer, which does the three things the relay needs:
 
 - frames pre-encoded events (`data: ...\\n\\n`) and writes them;
-- notices a client hang-up while the answer is idle (hang_up.py: one helper task that
+- notices a client hang-up while the answer is idle (edge/hang_up.py: one helper task that
   waits on `receive()` and cancels the stream), so the upstream request is closed at
   once instead of at the next piece;
 - sends `: ping` comments while the upstream is silent, so proxies with idle timeouts
@@ -15,10 +15,7 @@ replaced by this writer, which does the three things the relay needs:
 Graceful shutdown is uvicorn's: open streams run on until its grace period ends.
 
 Body pieces go to the server's own `send` when the app left it in the scope
-(`SERVER_SEND_SCOPE_KEY`), skipping the middleware chain's per-message wrappers. The
-response start and the final message still pass through the chain, so the error
-middlewares and the OpenTelemetry server span see the status and the end of the
-response exactly as before.
+(edge/raw_send.py), skipping the middleware chain's per-message wrappers.
 """
 
 from __future__ import annotations
@@ -30,9 +27,9 @@ from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gptomni_relay.openai_api.hang_up import HangUpWatch
+from gptomni_relay.edge.hang_up import HangUpWatch
+from gptomni_relay.edge.raw_send import server_send
 
-SERVER_SEND_SCOPE_KEY = "gptomni.server_send"
 PING = b": ping\n\n"
 
 
@@ -69,7 +66,7 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        write_piece: Send = scope.get(SERVER_SEND_SCOPE_KEY, send)
+        write_piece = server_send(scope, send)
         # The watch also wakes often enough to notice a client that stopped reading.
         idle = min(seconds for seconds in (self.ping_seconds, self.write_timeout / 2) if seconds > 0)
         try:

@@ -90,6 +90,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._feed(memoryview(data))
 
+    @property
+    def held_bytes(self) -> int:
+        """What the connection holds unparsed, waiting for an answer to finish."""
+        return len(self._unparsed)
+
     def _feed(self, data: memoryview) -> None:
         """Parses `data` up to each blank line in turn, and holds the rest unparsed as soon as
         a complete request waits for its answer: only one request is ever queued."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from gptomni_relay.http_guard import DEFAULT_LIMITS, HttpLimits, guarded_protocol
+from gptomni_relay.edge.http_guard import DEFAULT_LIMITS, HttpLimits, guarded_protocol
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ def uvicorn_config(app: Any, limits: HttpLimits = DEFAULT_LIMITS, **overrides: A
                                "server_header": False, "http": guarded_protocol(limits)}
     options.update(overrides)
     return uvicorn.Config(app, **options)
+
+
+def main_server(app: Any, limits: HttpLimits = DEFAULT_LIMITS, **overrides: Any) -> uvicorn.Server:
+    """The process's own server: uvicorn's, with its signal handling (graceful shutdown)."""
+    return uvicorn.Server(uvicorn_config(app, limits, **overrides))
 
 
 @asynccontextmanager
