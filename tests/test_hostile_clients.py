@@ -4,20 +4,26 @@ within its limits, and holds no more memory than the limits allow."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from gptomni_relay.app import create_app
+from gptomni_relay.edge.http_guard import GuardedHttpProtocol
 from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
+from gptomni_relay.simulator import Behaviour, SimulatorState
 from tests.bystander import Bystander
 from tests.harness import Harness
+from tests.polling import wait_until
 from tests.processes import RelayProcess, relay_process
 
 REQUEST_LINE = b"POST /v1/chat/completions HTTP/1.1\r\nHost: relay\r\n"
@@ -252,6 +258,119 @@ def test_pipelined_requests_are_all_answered_in_order(relay: Harness) -> None:
     statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)]
     assert statuses == [200, 200, 200, 404, 200, 200], reply[:2000]
     assert b"You said: pipelined" in reply
+
+
+ONE_READ = 256 * 1024  # what one read of the event loop takes in (asyncio's and uvloop's)
+
+
+@dataclass
+class HeldStream:
+    """A streamed chat answer GPT-Omni holds open after its first piece, read on a raw socket
+    by a thread; the relay pings every 50 ms, and each ping is one wait for a hang-up."""
+
+    sock: socket.socket
+    received: bytearray
+    closed: threading.Event
+    protocol: GuardedHttpProtocol
+    release: Callable[[], None]
+
+    def pings(self) -> int:
+        return self.received.count(b": ping")
+
+    def wait_for_pings(self, count: int) -> None:
+        start = self.pings()
+        wait_until(lambda: self.pings() - start >= count, what=f"{count} pings")
+
+
+@contextmanager
+def held_stream(make_relay: Callable[..., Harness]) -> Iterator[HeldStream]:
+    hold = asyncio.Event()
+    relay = make_relay(sim=SimulatorState(default=Behaviour(hold=hold)), sse_ping_seconds=0.05)
+    connections = relay.relay_server.server.server_state.connections
+
+    async def guard() -> GuardedHttpProtocol:
+        (protocol,) = [c for c in connections if isinstance(c, GuardedHttpProtocol)]
+        return protocol
+
+    body = json.dumps({"model": "gptomni", "stream": True,
+                       "messages": [{"role": "user", "content": "a long answer"}]}).encode()
+    received = bytearray()
+    closed = threading.Event()
+    with connection(relay, timeout=0.5) as sock:
+        stop_at = time.monotonic() + 60
+
+        def read_all() -> None:
+            while time.monotonic() < stop_at:
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                received.extend(chunk)
+            closed.set()
+
+        sock.sendall(REQUEST_LINE + b"Authorization: Bearer " + relay.api_key.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: b"data: " in received, what="the stream's first piece")
+            yield HeldStream(sock, received, closed, relay.on_loop(guard()),
+                             lambda: relay.servers.loop.call_soon_threadsafe(hold.set))
+        finally:
+            relay.servers.loop.call_soon_threadsafe(hold.set)
+            closed.wait(30)
+            reader.join(5)
+
+
+@pytest.mark.timeout(90)
+def test_a_client_writing_during_a_long_stream_makes_the_relay_hold_no_more(make_relay) -> None:  # noqa: ANN001
+    # uvicorn resumes reading each time the app waits for a hang-up (once per SSE ping), and
+    # each resume let one more read in: megabytes pipelined during a long answer piled up.
+    with held_stream(make_relay) as stream:
+        max_header_bytes = RelaySettings.model_fields["max_header_bytes"].default
+        # The client writes garbage until the relay has waited for a hang-up (a ping, a
+        # resume) 40 times, at most 16 MB, at most 20 s.
+        pings_before = stream.pings()
+        garbage = b"x" * 65536
+        sent, peak = 0, 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sent < 16 * 1024 * 1024 and stream.pings() - pings_before < 40:
+            try:
+                sent += stream.sock.send(garbage)
+            except TimeoutError:
+                pass  # the relay stopped reading: back-pressure
+            peak = max(peak, stream.protocol.held_bytes)
+        resumes = stream.pings() - pings_before
+        stream.release()
+        assert stream.closed.wait(30), "the connection stayed open after the answer"
+    assert resumes >= 2 and sent > 2 * ONE_READ, (resumes, sent)  # the relay was given the chance
+    assert peak <= max_header_bytes + ONE_READ, (
+        f"the relay held {peak} bytes sent during one answer ({sent} sent, {resumes} pings)")
+    # The answer was written to its end, then the connection closed; what the client sent
+    # ahead was never parsed. (Closed with unread bytes, the kernel resets the connection,
+    # which may cost the client the answer's unread tail: the client's doing.)
+    protocol = stream.protocol
+    assert protocol.cycle.response_complete and protocol.transport.is_closing()
+    assert protocol.held_bytes == 0 and b"HTTP/1.1 400" not in bytes(stream.received)
+
+
+def test_a_request_pipelined_in_pieces_behind_a_long_stream_is_answered_after_it(make_relay) -> None:  # noqa: ANN001
+    # Within the bound, what arrives while an answer runs is kept across uvicorn's resumes, in order.
+    with held_stream(make_relay) as stream:
+        pieces = [b"GET /healthz HTTP/1.1\r\n", b"Host: relay\r\n", b"Connection: close\r\n\r\n"]
+        for piece in pieces:
+            stream.sock.sendall(piece)
+            stream.wait_for_pings(2)  # the relay waited for a hang-up, and read, since
+        assert stream.protocol.held_bytes == len(b"".join(pieces))
+        stream.release()
+        assert stream.closed.wait(30), "the connection stayed open after the pipelined request"
+    answers = bytes(stream.received)
+    assert answers.index(b"data: [DONE]") < answers.index(b"HTTP/1.1 200 OK", 1), answers[-400:]
+    assert answers.endswith(b'{"status":"ok"}'), answers[-400:]
 
 
 ONE = b"1," * 499_999 + b"1"  # 500,000 values in under 1 MB

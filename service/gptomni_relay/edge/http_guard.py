@@ -19,6 +19,11 @@ stays open for minutes), and a request body may arrive as slowly as the client l
   every request in a read and reads again after each answer, so 100,000 pipelined
   `GET /healthz` became 100,000 queued requests; here the parser is fed up to each blank
   line (where a request's headers end) and stops once a request waits for its turn.
+  uvicorn resumes reading each time the app waits on `receive()` (the hang-up watch does,
+  once per SSE ping), and each resume lets one more read in: once what is held passes
+  `max_header_bytes`, the connection is read no more (what is held is dropped, later
+  reads are dropped as they come) and closes after the answer being written, so a client
+  pipelining megabytes during a long stream makes the server hold no more.
 
 Memory per connection is thus at most `max_header_bytes` plus one read, whatever clients
 send. Everything else (parsing, the ASGI cycle, keep-alive, streaming) stays uvicorn's.
@@ -70,6 +75,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._refusal: int | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._unparsed = b""  # what the client sent after a request still being answered
+        self._deaf = False  # sent too much ahead: nothing more is read, closed after the answer
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -83,9 +89,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return  # refused already: nothing more is read
+        if self._deaf:
+            self.flow.pause_reading()  # uvicorn resumed reading: what it read is dropped
+            return
         if self._unparsed:
             # uvicorn resumed reading (an app waiting for a hang-up does, once per wait):
-            # keep the order, and pause again.
+            # keep the order and pause again, within the bound.
+            if len(self._unparsed) + len(data) > self._limits.max_header_bytes:
+                return self._stop_reading()
             self._hold(self._unparsed + data)
             return
         self._feed(memoryview(data))
@@ -94,6 +105,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def held_bytes(self) -> int:
         """What the connection holds unparsed, waiting for an answer to finish."""
         return len(self._unparsed)
+
+    def _stop_reading(self) -> None:
+        """More than one request's headers sent ahead of an unfinished answer: no client
+        pipelines that much, so nothing more is read and the connection ends after the answer
+        being written (the requests sent ahead are never answered; HTTP lets a client retry them)."""
+        self._unparsed = b""
+        self._deaf = True
+        self.flow.pause_reading()
+        if self.cycle is not None:  # the last request parsed: the connection closes after its answer
+            self.cycle.keep_alive = False
+        log.warning("client sent too much ahead of an unfinished answer; closing after it",
+                    extra={"client": _client(self.client)})
 
     def _feed(self, data: memoryview) -> None:
         """Parses `data` up to each blank line in turn, and holds the rest unparsed as soon as
