@@ -4,16 +4,23 @@ credential may do better, and keeps its memory bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
 
+from gptomni_common.upstream.protocol import CHAT_PATH, LANDING_PATH
 from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.bystander import Bystander
@@ -210,3 +217,96 @@ def test_bytes_that_are_no_text_hold_no_answer_open(relay_against, limits: dict[
     grown_mb = relay.peak_memory_mb() - baseline_mb
     assert grown_mb < 16, f"the relay's peak memory grew by {grown_mb:.0f} MB"
     bystander.assert_not_starved()
+
+
+def _hostile_landing(landing: Callable[[Request], Awaitable[Response]], seen: dict[str, int]) -> Starlette:
+    """A GPT-Omni behind a challenge that only `cf_clearance=ok` passes, with `landing` as /zh."""
+    async def chat(request: Request) -> Response:
+        cookie = request.headers.get("cookie", "")
+        seen["max_cookie_header"] = max(seen.get("max_cookie_header", 0), len(cookie))
+        if "cf_clearance=ok" not in cookie:
+            return HTMLResponse("<title>Just a moment...</title>", status_code=403,
+                                headers={"server": "cloudflare", "cf-mitigated": "challenge"})
+        return PlainTextResponse("Hello")
+    return Starlette(routes=[Route(CHAT_PATH, chat, methods=["POST"]), Route(LANDING_PATH, landing, methods=["GET"])])
+
+
+@pytest.fixture
+def relay_behind_landing(servers: BackgroundLoop) -> Iterator[Callable[..., tuple[dict[str, int], RelayProcess]]]:
+    with ExitStack() as stack:
+        def start(landing: Callable[[Request], Awaitable[Response]], **env: str) -> tuple[dict[str, int], RelayProcess]:
+            seen: dict[str, int] = {}
+            upstream = servers.enter(serve_app(_hostile_landing(landing, seen)))
+            relay = stack.enter_context(relay_process(env={
+                "GPTOMNI_UPSTREAM_URL": upstream.url, "GPTOMNI_API_KEYS": "sk-hostile",
+                "GPTOMNI_CREDENTIALS": '["session=a"]', **env}))
+            return seen, relay
+        yield start
+
+
+def _in_flight(relay: RelayProcess) -> float:
+    return sample_value(httpx.get(f"{relay.metrics_url}/metrics", timeout=10).text, "gptomni_credential_in_flight")
+
+
+@pytest.mark.timeout(120)
+def test_a_gzip_bomb_landing_page_is_read_to_a_bound(relay_behind_landing) -> None:  # noqa: ANN001
+    bomb = _gzip_bomb(300)  # 300 MB of "A" in ~300 KB: each challenge round inflated it whole
+
+    async def landing(_: Request) -> Response:
+        return Response(bomb, headers={"content-type": "text/html", "content-encoding": "gzip"})
+
+    _, relay = relay_behind_landing(landing)
+    baseline_mb = relay.peak_memory_mb()
+    with httpx.Client(base_url=relay.url, headers={"Authorization": "Bearer sk-hostile"}, timeout=60) as http:
+        response = http.post("/v1/chat/completions", json=HELLO)
+    assert_openai_error(response, 503, code="upstream_challenge")
+    grown_mb = relay.peak_memory_mb() - baseline_mb
+    assert grown_mb < 48, f"the relay's peak memory grew by {grown_mb:.0f} MB"
+
+
+@pytest.mark.timeout(120)
+def test_a_landing_page_that_never_ends_holds_no_slot(relay_behind_landing) -> None:  # noqa: ANN001
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(600):  # one byte every 0.5 s, for far longer than any deadline here
+            yield b"<"
+            await asyncio.sleep(0.5)
+
+    async def landing(_: Request) -> Response:
+        return StreamingResponse(trickle(), headers={"content-type": "text/html"})
+
+    _, relay = relay_behind_landing(landing, GPTOMNI_FIRST_BYTE_TIMEOUT_SECONDS="3",
+                                    GPTOMNI_FAILOVER_BUDGET_SECONDS="3", GPTOMNI_DEFAULT_MAX_CONCURRENCY="8")
+    took: list[float] = []
+
+    def one() -> None:
+        started = time.monotonic()
+        with httpx.Client(base_url=relay.url, headers={"Authorization": "Bearer sk-hostile"}, timeout=60) as http:
+            response = http.post("/v1/chat/completions", json=HELLO)
+        took.append(time.monotonic() - started)
+        assert response.status_code in (503, 504), response.text
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(70)
+    assert len(took) == 3 and max(took) < 3 + 15, f"answers took {took}"  # the attempt's deadline, not the page's
+    assert _in_flight(relay) == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_flood_of_clearance_cookies_is_not_sent_upstream(relay_behind_landing) -> None:  # noqa: ANN001
+    async def landing(_: Request) -> Response:
+        response = HTMLResponse("<html>chat</html>")
+        response.set_cookie("cf_clearance", "ok", path="/")
+        for i in range(90):  # the upstream's own host, so the domain check lets them through
+            response.set_cookie(f"cf_h{i}", "v" * 60_000, path="/")
+        response.set_cookie("__cf_bm", "b" * 60_000, path="/")  # a known name, but too large
+        return response
+
+    seen, relay = relay_behind_landing(landing, GPTOMNI_DEFAULT_MAX_CONCURRENCY="16")
+    with httpx.Client(base_url=relay.url, headers={"Authorization": "Bearer sk-hostile"}, timeout=60) as http:
+        response = http.post("/v1/chat/completions", json=HELLO)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "Hello"
+    assert seen["max_cookie_header"] <= 8192 + 64, f"a {seen['max_cookie_header']} byte Cookie header reached GPT-Omni"

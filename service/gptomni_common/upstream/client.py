@@ -112,7 +112,7 @@ class UpstreamClient:
                         response.close()
                 return
             error = await self._refusal(response, first_byte_deadline)
-            if error.outcome is Outcome.CHALLENGE and attempt == 0 and await self.solver.refresh(generation):
+            if error.outcome is Outcome.CHALLENGE and attempt == 0 and await self._refreshed(generation, first_byte_deadline):
                 continue
             try:
                 raise error
@@ -138,6 +138,15 @@ class UpstreamClient:
         if not answered:
             return CheckResult(Outcome.ERROR, _ms_since(started), "upstream returned an empty answer")
         return CheckResult(Outcome.OK, _ms_since(started), "answered")
+
+    async def _refreshed(self, generation: int, deadline: float) -> bool:
+        """A new clearance, waited for no longer than the attempt's own first-byte deadline
+        (the solve goes on for whoever else waits; it has a deadline of its own)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.solver.refresh(generation)
+        except TimeoutError:
+            return False
 
     async def _send(self, headers: dict[str, str], body: bytes, deadline: float) -> aiohttp.ClientResponse:
         try:
