@@ -21,6 +21,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from gptomni_common.upstream.protocol import CHAT_PATH, LANDING_PATH
+from gptomni_relay.core.shaping.extraction import json_values
 from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.bystander import Bystander
@@ -310,3 +311,11 @@ def test_a_flood_of_clearance_cookies_is_not_sent_upstream(relay_behind_landing)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "Hello"
     assert seen["max_cookie_header"] <= 8192 + 64, f"a {seen['max_cookie_header']} byte Cookie header reached GPT-Omni"
+def test_an_unclosed_code_fence_is_read_in_linear_time() -> None:
+    """An answer of a fence opening and 64k letters (a model can be steered to write it)
+    cost 19 s of CPU on the event loop with a backtracking info string; CPU time, not wall
+    time, so a busy machine does not fail it."""
+    started = time.process_time()
+    assert json_values("```" + "a" * 64_000) == []
+    assert json_values('```json\n{"a": 1}```')[0].value == {"a": 1}
+    assert time.process_time() - started < 2
