@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from gptomni_common.upstream.protocol import CHAT_PATH, LANDING_PATH
 from gptomni_relay.core.shaping.extraction import json_values
+from gptomni_relay.core.shaping.schemas import first_violation
 from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.bystander import Bystander
@@ -319,3 +320,31 @@ def test_an_unclosed_code_fence_is_read_in_linear_time() -> None:
     assert json_values("```" + "a" * 64_000) == []
     assert json_values('```json\n{"a": 1}```')[0].value == {"a": 1}
     assert time.process_time() - started < 2
+
+
+def _doubling_schema(levels: int) -> dict:
+    """Small (1.4 KB at 20 levels), valid, and twice the work at every level."""
+    defs = {f"d{k}": {"allOf": [{"$ref": f"#/$defs/d{k + 1}"}, {"$ref": f"#/$defs/d{k + 1}"}]} for k in range(levels)}
+    defs[f"d{levels}"] = {"type": "object"}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+def test_a_schema_that_doubles_its_work_per_level_is_cut_at_the_check_deadline() -> None:
+    """20 levels were 22 s of CPU on the event loop (a deadline on patterns only)."""
+    assert first_violation(_doubling_schema(3), {}) is None  # a few levels: checked in full
+    started = time.process_time()
+    verdict = first_violation(_doubling_schema(20), {})
+    assert verdict is not None and "took longer than the relay's" in verdict
+    assert time.process_time() - started < 2
+
+
+def test_unique_items_is_one_pass() -> None:
+    """8,000 distinct objects were 41 s (jsonschema's pairwise fallback for unhashable items)."""
+    schema = {"type": "array", "uniqueItems": True}
+    started = time.process_time()
+    assert first_violation(schema, [{"n": i} for i in range(8000)]) is None
+    assert time.process_time() - started < 2
+    # JSON Schema's equality: key order and 1 / 1.0 do not tell values apart, true and 1 do.
+    assert first_violation(schema, [{"a": 1, "b": [2]}, {"b": [2.0], "a": 1}]) is not None
+    assert first_violation(schema, [True, 1, False, 0, None]) is None
+    assert first_violation(schema, [[1, 2], [2, 1]]) is None
