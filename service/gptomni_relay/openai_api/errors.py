@@ -38,6 +38,9 @@ _TYPE_BY_STATUS = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
+# Where OpenAI's type is not the status's: an exhausted quota is its own type, which
+# clients tell apart from a rate limit (wait and retry) by it.
+_TYPE_BY_CODE = {"insufficient_quota": "insufficient_quota"}
 # Longest Retry-After we tell a client: an hour is already "come back much later".
 MAX_RETRY_AFTER_SECONDS = 3600
 
@@ -68,6 +71,8 @@ class APIError(Exception):
 
     @property
     def type(self) -> str:
+        if self.code in _TYPE_BY_CODE:
+            return _TYPE_BY_CODE[self.code]
         return _TYPE_BY_STATUS.get(self.status, "api_error")
 
     def body(self) -> ErrorResponse:
