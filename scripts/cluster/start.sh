@@ -232,6 +232,13 @@ echo "nameserver $NODE_IP" >"$RUN/resolv.conf"
 launch dnsmasq dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts --no-poll \
     --listen-address="$NODE_IP" --bind-interfaces --port=53 --local=/cluster.local/ --domain-needed \
     --bogus-priv --addn-hosts="$RUN/dns/services.hosts" --log-facility=-
+# dns-sync reloads dnsmasq with SIGHUP, which kills a dnsmasq that has not yet set its
+# handlers (seen under load: "dnsmasq exited"): wait for its first answer to any query.
+wait_until dnsmasq 20 python3 -c 'import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+s.sendto(b"gp\x01\x00\x00\x01" + bytes(6) + b"\x0dgptomni-probe\x00\x00\x01\x00\x01", (sys.argv[1], 53))
+s.recv(512)' "$NODE_IP"
 launch dns-sync python3 "$HERE/dns_sync.py" --kubeconfig "$RUN/admin.kubeconfig" \
     --hosts "$RUN/dns/services.hosts" --dnsmasq-pid "$(cat "$RUN/pids/dnsmasq.pid")"
 
