@@ -4,13 +4,18 @@ the upstream request and frees the credential slot; pings keep silent streams op
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 
 import httpx
+import pytest
 
+from gptomni_relay.settings import DEMO_API_KEY
 from gptomni_relay.simulator import Behaviour, SimulatorState
 from tests.harness import Harness, sample_value
-from tests.polling import eventually
+from tests.polling import eventually, wait_until
+from tests.processes import relay_process
 
 MESSAGES = [{"role": "user", "content": "long"}]
 
@@ -119,3 +124,29 @@ async def test_hang_up_between_failover_attempts_stops_failing_over(make_relay) 
     await eventually(lambda: hung_up_requests(relay, stream=False) == 1)
     assert len(sim.received) == 1 and sim.active == 0
     assert relay.state.pool.total_in_flight() == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_hang_up_with_a_pipelined_request_behind_the_stream_is_quiet_and_frees_the_slot() -> None:
+    # The guard stops reading while a pipelined request is held, so the server only learns
+    # of the hang-up from a failed write; the next write used to raise uvloop's RuntimeError
+    # and log two ERROR tracebacks per hang-up.
+    body = json.dumps({"model": "gptomni", "stream": True, "messages": MESSAGES}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DEMO_API_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    pipelined = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    env = {"GPTOMNI_DEMO_ANSWER_WORDS": "100000", "GPTOMNI_DEMO_TOKEN_DELAY_SECONDS": "0.005"}
+    with relay_process("--demo", env=env) as relay:
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+                sock.sendall(head + body + pipelined)
+                assert sock.recv(2000).startswith(b"HTTP/1.1 200")
+
+        def every_stream_ended() -> bool:
+            metrics = httpx.get(f"{relay.metrics_url}/metrics", timeout=5).text
+            return sample_value(metrics, "gptomni_active_streams") + sample_value(metrics, "gptomni_credential_in_flight") == 0
+
+        wait_until(every_stream_ended, timeout=30, step=0.1)
+        logged = relay.output()
+    assert '"level": "ERROR"' not in logged, logged[-2000:]
+    assert "Traceback" not in logged, logged[-2000:]

@@ -3,7 +3,8 @@
 GuardedHttpProtocol subclasses `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol`,
 overrides its parser callbacks and reads its per-connection state (`cycle`, `pipeline`,
 `flow`, `transport`, `loop`, `client`) and the request cycle's flags (`response_started`,
-`response_complete`, `keep_alive`). None of that is uvicorn's public API, so
+`response_complete`, `keep_alive`); edge/raw_send.py reaches the cycle through the app's
+`send` and reads its `transport` and sets `disconnected`. None of that is uvicorn's public API, so
 pyproject.toml pins the range it was written against, and this file fails loudly, naming
 what moved, when an installed uvicorn no longer matches: first by name and signature,
 then through a real server on 127.0.0.1, where the guard must still hold a pipelined
@@ -105,7 +106,8 @@ async def test_the_state_the_guard_reads_is_there_on_a_live_connection() -> None
         seen.update(cycle_type=type(cycle), started=cycle.response_started, complete=cycle.response_complete,
                     keep_alive=cycle.keep_alive, pipeline=type(protocol.pipeline), flow=type(protocol.flow),
                     read_paused=protocol.flow.read_paused, transport=protocol.transport, loop=protocol.loop,
-                    client=protocol.client)
+                    client=protocol.client, send_owner=getattr(send, "__self__", None),
+                    cycle_transport=getattr(cycle, "transport", None), disconnected=getattr(cycle, "disconnected", None))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -127,6 +129,11 @@ async def test_the_state_the_guard_reads_is_there_on_a_live_connection() -> None
     assert seen["loop"] is asyncio.get_running_loop(), f"{WHO}: HttpToolsProtocol.loop moved"
     assert isinstance(seen["client"], tuple) and seen["client"][0] == "127.0.0.1", (
         f"{WHO}: HttpToolsProtocol.client is {seen['client']!r}")
+    # edge/raw_send.transport_closed finds the transport through the app's `send` and marks
+    # a hang-up the way connection_lost does.
+    assert seen["send_owner"] is protocol.cycle, f"{WHO}: the app's send is no longer RequestResponseCycle.send"
+    assert seen["cycle_transport"] is seen["transport"], f"{WHO}: RequestResponseCycle.transport moved"
+    assert seen["disconnected"] is False, f"{WHO}: RequestResponseCycle.disconnected moved"
 
 
 def recording(base: type[HttpToolsProtocol], parsed: list[bytes],

@@ -10,6 +10,8 @@ span see the status and the end of the response as before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import Scope, Send
 
 SERVER_SEND_SCOPE_KEY = "gptomni.server_send"
@@ -30,3 +32,27 @@ def server_send(scope: Scope, send: Send) -> Send:
     """The server's own `send` if the app exposed it, else the chain's `send`."""
     send_raw: Send = scope.get(SERVER_SEND_SCOPE_KEY, send)
     return send_raw
+
+
+def transport_closed(scope: Scope) -> Callable[[], bool]:
+    """Whether the connection's transport is closed (always False without the server's `send`).
+
+    uvloop raises RuntimeError ("the handler is closed") for a write into a transport that
+    an earlier failed write closed; with reading paused (http_guard.py holds pipelined
+    bytes) uvicorn is not told of the loss before the app returns, and logs an unfinished
+    response at ERROR. The client hung up: the check marks the request cycle disconnected,
+    as uvicorn's `connection_lost` would. A RuntimeError with the transport open stays a bug.
+    uvicorn's `send` is its request cycle's method; the cycle holds the transport.
+    """
+    cycle = getattr(scope.get(SERVER_SEND_SCOPE_KEY), "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        return lambda: False
+
+    def closed() -> bool:
+        if not transport.is_closing():
+            return False
+        cycle.disconnected = True
+        return True
+
+    return closed

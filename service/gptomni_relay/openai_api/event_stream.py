@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gptomni_relay.edge.hang_up import HangUpWatch
-from gptomni_relay.edge.raw_send import server_send
+from gptomni_relay.edge.raw_send import server_send, transport_closed
 
 PING = b": ping\n\n"
 
@@ -63,10 +63,12 @@ class EventStreamResponse(Response):
         self._last_write = 0.0
         self._write_since = 0.0
         self._write_lock = asyncio.Lock()
+        self._transport_closed: Callable[[], bool] = lambda: False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         write_piece = server_send(scope, send)
+        self._transport_closed = transport_closed(scope)
         # The watch also wakes often enough to notice a client that stopped reading.
         idle = min(seconds for seconds in (self.ping_seconds, self.write_timeout / 2) if seconds > 0)
         try:
@@ -86,6 +88,10 @@ class EventStreamResponse(Response):
                     await send({"type": "http.response.body", "body": bytes(last), "more_body": False})
         except OSError:
             return  # the socket died under a write: the same as a hang-up
+        except RuntimeError:
+            if not self._transport_closed():
+                raise
+            return  # a write into the transport a failed write closed (uvloop): a hang-up too
         finally:
             # Runs the generator's own clean-up even when the cancellation landed in a
             # write rather than inside the generator; `on_close` runs even if the generator
@@ -112,6 +118,10 @@ class EventStreamResponse(Response):
                     await send({"type": "http.response.body", "body": PING, "more_body": True})
             except TimeoutError:
                 raise ClientNotReading from None
+            except RuntimeError:
+                if not self._transport_closed():
+                    raise
+                raise ConnectionResetError("the client hung up") from None  # as in __call__
         self._last_write = loop.time()
 
 
