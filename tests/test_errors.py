@@ -67,6 +67,29 @@ def test_bad_requests_name_the_param(relay: Harness, body: dict[str, Any], param
     assert_openai_error(relay.http().post("/v1/chat/completions", json=body), 400, param=param)
 
 
+@pytest.mark.parametrize(("path", "base", "knob", "value"), [
+    ("/v1/chat/completions", {"messages": HELLO}, "temperature", "hot"),
+    ("/v1/chat/completions", {"messages": HELLO}, "temperature", 2.5),
+    ("/v1/chat/completions", {"messages": HELLO}, "top_p", 1.5),
+    ("/v1/chat/completions", {"messages": HELLO}, "presence_penalty", -3),
+    ("/v1/chat/completions", {"messages": HELLO}, "frequency_penalty", "much"),
+    ("/v1/chat/completions", {"messages": HELLO}, "seed", 1.5),
+    ("/v1/completions", {"prompt": "Hi"}, "temperature", -0.1),
+    ("/v1/completions", {"prompt": "Hi"}, "top_p", "all"),
+    ("/v1/responses", {"input": "Hi"}, "temperature", "hot"),
+    ("/v1/responses", {"input": "Hi"}, "top_p", 2),
+])
+def test_sampling_knobs_outside_openais_ranges_are_400(relay: Harness, path: str, base: dict[str, Any], knob: str,
+                                                        value: object) -> None:
+    # Ignored knobs are still checked: a client's typo is its 400, never a silent 200.
+    body = {"model": "gptomni", **base, knob: value}
+    assert_openai_error(relay.http().post(path, json=body), 400, param=knob)
+    edge = {"temperature": 2, "top_p": 0, "presence_penalty": -2, "frequency_penalty": 2, "seed": 7}
+    if path == "/v1/responses":
+        edge = {"temperature": 0, "top_p": 1}
+    assert relay.http().post(path, json={"model": "gptomni", **base, **edge}).status_code == 200
+
+
 @pytest.mark.parametrize("raw", [b"{not json", b"\xff\xfe{}", b"[1, 2]", b""])
 def test_unparseable_bodies_are_400(relay: Harness, raw: bytes) -> None:
     response = relay.http().post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})

@@ -6,14 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gptomni_relay.openai_api.schemas import StopSequences, StreamOptions, Usage
+from gptomni_relay.openai_api.schemas import SamplingKnobs, StopSequences, StreamOptions, Usage
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(SamplingKnobs):
     """What legacy completions honours: one prompt, `stop`, `max_tokens`, `stream` with
-    `stream_options.include_usage`. Sampling knobs (temperature, top_p, penalties, seed)
-    and `user` are accepted and ignored (extra fields); what would change the answer's
-    meaning (echo, suffix, logprobs, best_of / n > 1, several prompts, token-id prompts,
+    `stream_options.include_usage`. Sampling knobs (temperature, top_p, penalties, seed:
+    SamplingKnobs checks their ranges) and `user` are accepted and ignored; what would
+    change the answer's meaning (echo, suffix, logprobs, best_of / n > 1, several prompts, token-id prompts,
     logit_bias) is refused by completions_route.refuse_unsupported."""
 
     model_config = ConfigDict(extra="allow")

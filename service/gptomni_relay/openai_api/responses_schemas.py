@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from gptomni_relay.openai_api.schemas import TemperatureAndTopP
+
 # The counts of items, parts and tools are bounded before validation, with every other
 # route's: openai_api/request_bounds.py (RESPONSES_BOUNDS).
 
@@ -150,7 +152,7 @@ class TextConfig(BaseModel):
     format: TextFormat | None = None
 
 
-class ResponsesRequest(BaseModel):
+class ResponsesRequest(TemperatureAndTopP):
     """What Responses honours, emulates, ignores and refuses: docs/responses.md. Fields not
     named here are accepted and ignored (none of OpenAI's remaining ones can change what
     the answer is)."""
@@ -174,8 +176,6 @@ class ResponsesRequest(BaseModel):
     prompt: Any = None
     include: list[str] | None = None
     top_logprobs: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
 

@@ -123,12 +123,28 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class TemperatureAndTopP(BaseModel):
+    """Sampling knobs the web chat lacks: accepted and ignored, but only in OpenAI's ranges,
+    so a client's mistake (`temperature: "hot"`, `top_p: 5`) is its 400, as at OpenAI."""
+
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+
+
+class SamplingKnobs(TemperatureAndTopP):
+    """The knobs chat and legacy completions share beyond Responses' two."""
+
+    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    seed: int | None = None
+
+
+class ChatCompletionRequest(SamplingKnobs):
     """What chat completions honours (docs/prompt-format.md): `stop`, `max_tokens` /
     `max_completion_tokens`, function `tools` with `tool_choice` and `parallel_tool_calls`,
     `response_format`. Sampling knobs the web chat lacks (temperature, top_p, seed,
-    penalties, ...) and bookkeeping fields (user, store, metadata) are accepted and ignored:
-    ignoring them cannot change what the answer is. What would (logprobs, logit_bias, n > 1,
+    penalties, ...: SamplingKnobs checks their ranges) and bookkeeping fields (user, store,
+    metadata) are accepted and ignored: ignoring them cannot change what the answer is. What would (logprobs, logit_bias, n > 1,
     audio) is refused by request_reading.refuse_unsupported. Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="allow")
