@@ -22,7 +22,7 @@ from gptomni_relay.edge.http_guard import GuardedHttpProtocol
 from gptomni_relay.settings import DEMO_API_KEY, RelaySettings
 from gptomni_relay.simulator import Behaviour, SimulatorState
 from tests.bystander import Bystander
-from tests.harness import Harness
+from tests.harness import Harness, sample_value
 from tests.polling import wait_until
 from tests.processes import RelayProcess, relay_process
 
@@ -470,3 +470,104 @@ def test_the_docs_state_the_bounds_the_code_holds() -> None:
             f"{resp['tools']} tools in `tools` (of which at most {MAX_TOOLS} function tools, as in chat), "
             f"{CHAT_B.max_array_items} items in any other array, {RESP_B.max_depth} levels of nesting and "
             f"{_count(RESP_B.max_values)} values in all") in responses
+
+
+# --- the body budget: what every request body being read holds, together -------------------
+
+BODY_BUDGET = 4 * 1024 * 1024
+DECLARED = 1_000_000  # four fit the budget, with room left for small bodies
+CHAT_BODY = b'{"model": "gptomni", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+@pytest.fixture
+def relay_with_a_small_body_budget() -> Iterator[RelayProcess]:
+    with relay_process("--demo", env={"GPTOMNI_MAX_BUFFERED_BODY_BYTES": str(BODY_BUDGET)}) as relay:
+        yield relay
+
+
+def buffered_body_bytes(relay: RelayProcess) -> float:
+    return sample_value(httpx.get(f"{relay.metrics_url}/metrics", timeout=10).text, "gptomni_buffered_body_bytes")
+
+
+def stalled_body(relay: RelayProcess) -> socket.socket:
+    """A connection that announces a DECLARED-byte body, sends all of it but the last byte, and stalls."""
+    sock = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    send_quietly(sock, REQUEST_LINE + b"Authorization: Bearer " + DEMO_API_KEY.encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % DECLARED
+                 + b" " * (DECLARED - 1))
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One response with a Content-Length, on a connection that stays open (bounded by the socket timeout)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a response: {received[:200]!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = dict((name.strip().lower(), value.strip()) for name, _, value in (line.partition(b":") for line in lines[1:]))
+    while len(body) < int(headers[b"content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "closed inside a response"
+        body += chunk
+    return status_of(lines[0]), headers, body
+
+
+def hold_the_budget(relay: RelayProcess, socks: list[socket.socket]) -> None:
+    """Four stalled bodies, each admitted: the budget holds their declared lengths."""
+    for count in range(1, 5):
+        socks.append(stalled_body(relay))
+        wait_until(lambda count=count: buffered_body_bytes(relay) == count * DECLARED,
+                   what=f"{count} stalled bodies held in the budget")
+
+
+def assert_server_busy(sock: socket.socket) -> None:
+    status, headers, body = read_response(sock)
+    assert status == 503, body[:300]
+    assert headers[b"retry-after"] == b"1"
+    error = json.loads(body)["error"]
+    assert error["code"] == "server_busy" and error["type"] == "api_error", error
+
+
+@pytest.mark.timeout(120)
+def test_stalled_bodies_hold_no_more_than_the_body_budget(relay_with_a_small_body_budget: RelayProcess) -> None:
+    # 60 connections with a valid key each send a ~1 MB body but its last byte and stall: each
+    # body was buffered whole until the body timeout (300 such held +325 MB for 30 s).
+    relay = relay_with_a_small_body_budget
+    bystander = Bystander(relay.url)
+    bystander.baseline()
+    baseline_mb = relay.peak_memory_mb()
+    headers = {"Authorization": f"Bearer {DEMO_API_KEY}", "Content-Type": "application/json"}
+    socks: list[socket.socket] = []
+    try:
+        with bystander, httpx.Client(base_url=relay.url, headers=headers, timeout=30) as http:
+            hold_the_budget(relay, socks)
+            for _ in range(56):  # each refused at once, its body not read
+                socks.append(stalled_body(relay))
+                assert_server_busy(socks[-1])
+            assert buffered_body_bytes(relay) == 4 * DECLARED
+            # A small body still fits what is left of the budget.
+            response = http.post("/v1/chat/completions", content=CHAT_BODY)
+            assert response.status_code == 200, response.text[:300]
+        grown_mb = relay.peak_memory_mb() - baseline_mb
+    finally:
+        for sock in socks:
+            sock.close()
+    assert grown_mb < 32, f"the relay's peak memory grew by {grown_mb:.0f} MB for 60 stalled 1 MB bodies"
+    bystander.assert_not_starved()
+    # The clients gone, every byte of the budget is back: four stalled bodies fit again, a fifth does not.
+    wait_until(lambda: buffered_body_bytes(relay) == 0, what="the budget released")
+    socks = []
+    try:
+        hold_the_budget(relay, socks)
+        socks.append(stalled_body(relay))
+        assert_server_busy(socks[-1])
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_until(lambda: buffered_body_bytes(relay) == 0, what="the budget released")
+    big = CHAT_BODY + b" " * (DECLARED - len(CHAT_BODY))  # JSON may end in whitespace
+    response = httpx.post(f"{relay.url}/v1/chat/completions", content=big, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text[:300]

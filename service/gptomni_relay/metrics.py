@@ -110,7 +110,7 @@ class _PoolModeCollector(Collector):
 class RelayMetrics:
     def __init__(self, statuses: Callable[[], list[CredentialStatus]],
                  pool_mode: Callable[[], tuple[PoolMode, bool | None]] = lambda: (PoolMode.LOCAL, None),
-                 models: Iterable[str] = ()) -> None:
+                 models: Iterable[str] = (), buffered_body_bytes: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -147,6 +147,12 @@ class RelayMetrics:
             buckets=SLOT_WAIT_BUCKETS, registry=r,
         )
         self.active_streams = Gauge("gptomni_active_streams", "Open streaming responses", registry=r)
+        # Read at scrape time: the hot path only adds and subtracts an int (core/byte_budget.py).
+        self.buffered_body_bytes = Gauge(
+            "gptomni_buffered_body_bytes", "Bytes the request bodies being read hold of GPTOMNI_MAX_BUFFERED_BODY_BYTES",
+            registry=r,
+        )
+        self.buffered_body_bytes.set_function(buffered_body_bytes)
         self.upstream_attempts = Counter(
             "gptomni_upstream_attempts", "Upstream attempts by credential and outcome", ["credential", "outcome"], registry=r
         )

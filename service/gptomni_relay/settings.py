@@ -78,6 +78,10 @@ class RelaySettings(BaseSettings):
     default_max_concurrency: int = Field(8, ge=1)
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # What every request body being read holds at once, together (core/byte_budget.py):
+    # beyond it a request is refused with 503 before its body is read. At least one
+    # body's limit, so that a request within it always fits a budget otherwise empty.
+    max_buffered_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # What one client connection may make the relay hold (http_guard.py).
     max_header_bytes: int = Field(32 * 1024, ge=4096, le=1_048_576)
     max_header_count: int = Field(100, ge=16, le=1000)
@@ -132,6 +136,14 @@ class RelaySettings(BaseSettings):
 
     log_level: LogLevel = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
+
+    @model_validator(mode="after")
+    def _one_body_fits_the_budget(self) -> RelaySettings:
+        if self.max_buffered_body_bytes < self.max_body_bytes:
+            raise ValueError(f"GPTOMNI_MAX_BUFFERED_BODY_BYTES ({self.max_buffered_body_bytes}) is below "
+                             f"GPTOMNI_MAX_BODY_BYTES ({self.max_body_bytes}): a request within the body "
+                             "limit could never be read")
+        return self
 
     @model_validator(mode="after")
     def _aliases_name_models(self) -> RelaySettings:

@@ -29,6 +29,7 @@ from gptomni_relay.api_keys import (
     static_keys_with_file,
 )
 from gptomni_relay.core.attempt_observer import BothObservers, FailoverObserver
+from gptomni_relay.core.byte_budget import ByteBudget
 from gptomni_relay.core.failover import AnswerSource, FailoverPolicy
 from gptomni_relay.core.key_limits import KeyLimiter, LocalCounts
 from gptomni_relay.core.key_limits_store import StoreCounts
@@ -66,6 +67,7 @@ class RelayState:
     answers: AnswerSource
     static_credentials: list[Credential]
     key_limiter: KeyLimiter
+    body_budget: ByteBudget  # what the request bodies being read may hold together
     key_set: KeySetDocument | None = None
     keys: KeyRing = field(default_factory=KeyRing)
     watchers: list[FileWatcher] = field(default_factory=list)
@@ -233,7 +235,9 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None,
         ),
         max_connections=settings.max_upstream_connections,
     )
-    metrics = RelayMetrics(pool.statuses, pool_mode=lambda: (pool.mode, pool.store_up), models=settings.models)
+    body_budget = ByteBudget(settings.max_buffered_body_bytes)
+    metrics = RelayMetrics(pool.statuses, pool_mode=lambda: (pool.mode, pool.store_up), models=settings.models,
+                           buffered_body_bytes=lambda: body_budget.reserved)
     # With no tracer provider no span is made at all (tracing.py says why).
     observer: FailoverObserver = FailoverMetrics(metrics)
     if tracer_provider is not None:
@@ -255,6 +259,7 @@ def build_state(settings: RelaySettings, tracer_provider: TracerProvider | None,
         answers=answers,
         static_credentials=static,
         key_limiter=build_key_limiter(settings, store, replica_id),
+        body_budget=body_budget,
     )
     relay.install_api_keys(keys)
     relay.install_pool(static)

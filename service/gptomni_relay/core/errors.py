@@ -46,6 +46,13 @@ class AllBusy(PoolUnavailable):
     retry_after = 1.0
 
 
+class ServerBusy(RelayError):
+    """The relay holds as many request bodies as its budget allows (core/byte_budget.py):
+    the relay itself is busy, not the client too fast; bodies are read in moments."""
+
+    retry_after = 1.0
+
+
 class NothingLeftToTry(PoolUnavailable):
     """Only within one request's failover: every usable credential has had its attempt."""
 

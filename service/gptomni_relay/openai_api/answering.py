@@ -65,7 +65,10 @@ async def answer(request: Request, surface: Surface) -> Response:
     model, stream, key_name = UNKNOWN_MODEL, False, None
     try:
         key_name = require_api_key(request)
-        asked = surface.read(await read_limited_body(request, relay.settings.max_body_bytes), relay.settings)
+        # The body holds its bytes of the relay's body budget until it is parsed, however
+        # the reading ends (refused, the client gone, this task cancelled).
+        with relay.body_budget.hold() as hold:
+            asked = surface.read(await read_limited_body(request, relay.settings.max_body_bytes, hold), relay.settings)
         model, stream, shape = asked.model, asked.stream, asked.shape
         await admit(request, model)
         prompt = fold_conversation(asked.turns, instructions(shape))

@@ -22,6 +22,7 @@ from gptomni_relay.core.errors import (
     BadConversation,
     NoCredentials,
     RelayError,
+    ServerBusy,
     UnusableAnswer,
     UpstreamFailed,
     UpstreamTimedOut,
@@ -115,6 +116,9 @@ def error_for(exc: RelayError, conversation_param: str = "messages") -> APIError
     if isinstance(exc, AllBusy):
         return APIError(429, "All GPT-Omni credentials are at their concurrency limit; retry shortly.",
                         code="credentials_busy", retry_after=exc.retry_after)
+    if isinstance(exc, ServerBusy):
+        return APIError(503, f"The relay is too busy to read this request: {exc}; retry shortly.",
+                        code="server_busy", retry_after=exc.retry_after)
     if isinstance(exc, NoCredentials):
         return APIError(503, f"No usable GPT-Omni credential: {exc}.", code="no_credentials")
     if isinstance(exc, UpstreamTimedOut):

@@ -10,6 +10,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
+from gptomni_relay.core.byte_budget import Hold
 from gptomni_relay.core.conversation import NonText, ToolCall, Turn
 from gptomni_relay.core.shaping import AnswerShape, FunctionTool, JsonFormat, ToolChoice, tools_problem
 from gptomni_relay.openai_api.errors import APIError, bad_request
@@ -35,16 +36,23 @@ def _too_large(limit: int) -> APIError:
     return APIError(413, f"Request body is larger than the {limit}-byte limit.", code="request_too_large")
 
 
-async def read_limited_body(request: Request, limit: int) -> bytes:
+async def read_limited_body(request: Request, limit: int, hold: Hold) -> bytes:
+    """The body, at most `limit` bytes, held in `hold` of the relay's body budget while it is
+    read: its declared length before any of it is read, otherwise each chunk before it is
+    kept. The budget full: `ServerBusy` (503), and what was read so far is dropped. The
+    caller ends the hold once the body is parsed (answering.py)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    if declared.isdigit():
+        if int(declared) > limit:
+            raise _too_large(limit)
+        hold.cover(int(declared))
     body = bytearray()
     try:
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
+            if len(body) + len(chunk) > limit:
                 raise _too_large(limit)
+            hold.cover(len(body) + len(chunk))
+            body += chunk
     except ClientDisconnect:
         # Nobody will read the answer; counted as a hang-up (nginx's 499), not as a bad request.
         raise APIError(499, "The client disconnected while sending the request body.", code="client_disconnected") from None
