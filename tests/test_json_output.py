@@ -4,11 +4,13 @@ again on the attempt budget when unusable, and never passed on as prose with a 2
 
 from __future__ import annotations
 
+import datetime
+import enum
 import json
 
 import openai
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tests.harness import Harness
 
@@ -106,3 +108,32 @@ def test_a_lone_surrogate_escape_is_no_text_and_asked_again(relay: Harness, stre
         content = completion.choices[0].message.content or ""
     assert json.loads(content) == {"city": "Paris \N{GRINNING FACE}", "celsius": 21}  # a real pair is kept
     assert len(relay.sim.received) == 2
+
+
+class Sky(enum.StrEnum):
+    clear = "clear"
+    cloudy = "cloudy"
+
+
+class Observation(BaseModel):
+    at: datetime.date
+    celsius: float = Field(ge=-40)
+    sky: Sky
+    station: Weather
+    tags: list[str] = Field(min_length=2)
+    note: str | None
+
+
+def test_the_demo_simulator_answers_structured_output_without_a_cue(relay: Harness) -> None:
+    # A new user's first `parse()` in demo mode: the simulator reads the relay's JSON
+    # instruction as a model would and answers the smallest value the schema accepts.
+    hello = [{"role": "user", "content": "Weather in Paris"}]
+    parsed = relay.client().chat.completions.parse(model="gptomni", messages=hello, response_format=Observation)
+    observation = parsed.choices[0].message.parsed
+    assert observation is not None and observation.celsius == -40 and observation.sky is Sky.clear
+    assert observation.station == Weather(city="example", celsius=0) and len(observation.tags) == 2
+    response = relay.client().responses.parse(model="gptomni", input="Weather in Paris", text_format=Weather)
+    assert response.output_parsed == Weather(city="example", celsius=0)
+    loose = relay.client().chat.completions.create(model="gptomni", messages=hello,
+                                                   response_format={"type": "json_object"})
+    assert json.loads(loose.choices[0].message.content or "")["answer"].startswith("Hello from the GPT-Omni simulator")

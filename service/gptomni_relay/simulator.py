@@ -32,6 +32,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from gptomni_common.upstream.protocol import CHAT_PATH, LANDING_PATH
+from gptomni_relay.simulated_json import json_answer
 
 CLEARANCE_COOKIE = "cf_clearance"
 
@@ -215,6 +216,7 @@ def build_simulator_app(state: SimulatorState) -> Starlette:
         answer = behaviour.answer if behaviour.answer is not None else state.cued_answer(prompt)
         if answer is None:
             answer = default_answer(prompt, behaviour.answer_words)
+            answer = json_answer(prompt, answer) or answer
         return StreamingResponse(_stream(answer, behaviour, arrived, session),
                                  headers={"content-type": behaviour.content_type})
 

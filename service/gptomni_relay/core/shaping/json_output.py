@@ -10,12 +10,16 @@ from gptomni_relay.core.shaping.extraction import json_values
 from gptomni_relay.core.shaping.schemas import first_violation
 from gptomni_relay.core.shaping.shape import JsonFormat
 
+# The simulator (simulated_json.py) reads these from the prompt, as a model would.
+JSON_OBJECT_INSTRUCTION = "Answer with one JSON object and nothing else: no prose, no code fence."
+JSON_SCHEMA_INSTRUCTION = "Answer with one JSON value that matches this JSON schema and nothing else: no prose, no code fence."
+
 
 def json_instructions(fmt: JsonFormat) -> str:
     if fmt.schema is None:
-        return "Answer with one JSON object and nothing else: no prose, no code fence."
+        return JSON_OBJECT_INSTRUCTION
     described = f" ({fmt.description})" if fmt.description else ""
-    return ("Answer with one JSON value that matches this JSON schema and nothing else: no prose, no code fence.\n"
+    return (f"{JSON_SCHEMA_INSTRUCTION}\n"
             f"Schema {fmt.name or 'answer'}{described}: {json.dumps(fmt.schema, ensure_ascii=False)}")
 
 
