@@ -3,7 +3,7 @@
 GuardedHttpProtocol subclasses `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol`,
 overrides its parser callbacks and reads its per-connection state (`cycle`, `pipeline`,
 `flow`, `transport`, `loop`, `client`) and the request cycle's flags (`response_started`,
-`response_complete`, `keep_alive`); edge/raw_send.py reaches the cycle through the app's
+`response_complete`, `keep_alive`, `body`); edge/raw_send.py reaches the cycle through the app's
 `send` and reads its `transport` and sets `disconnected`. None of that is uvicorn's public API, so
 pyproject.toml pins the range it was written against, and this file fails loudly, naming
 what moved, when an installed uvicorn no longer matches: first by name and signature,
@@ -107,7 +107,8 @@ async def test_the_state_the_guard_reads_is_there_on_a_live_connection() -> None
                     keep_alive=cycle.keep_alive, pipeline=type(protocol.pipeline), flow=type(protocol.flow),
                     read_paused=protocol.flow.read_paused, transport=protocol.transport, loop=protocol.loop,
                     client=protocol.client, send_owner=getattr(send, "__self__", None),
-                    cycle_transport=getattr(cycle, "transport", None), disconnected=getattr(cycle, "disconnected", None))
+                    cycle_transport=getattr(cycle, "transport", None), disconnected=getattr(cycle, "disconnected", None),
+                    body=getattr(cycle, "body", None))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -134,6 +135,8 @@ async def test_the_state_the_guard_reads_is_there_on_a_live_connection() -> None
     assert seen["send_owner"] is protocol.cycle, f"{WHO}: the app's send is no longer RequestResponseCycle.send"
     assert seen["cycle_transport"] is seen["transport"], f"{WHO}: RequestResponseCycle.transport moved"
     assert seen["disconnected"] is False, f"{WHO}: RequestResponseCycle.disconnected moved"
+    # The guard drops what is buffered of a body answered before it was read.
+    assert isinstance(seen["body"], bytearray), f"{WHO}: RequestResponseCycle.body is {seen['body']!r}"
 
 
 def recording(base: type[HttpToolsProtocol], parsed: list[bytes],

@@ -25,6 +25,10 @@ stays open for minutes), and a request body may arrive as slowly as the client l
   reads are dropped as they come) and closes after the answer being written, so a client
   pipelining megabytes during a long stream makes the server hold no more.
 
+A request answered before its body was read (a wrong key, a full body budget) drops what
+uvicorn had buffered of that body, and the rest as it comes, until the body is over or its
+timeout closes the connection.
+
 Memory per connection is thus at most `max_header_bytes` plus one read, whatever clients
 send. Everything else (parsing, the ASGI cycle, keep-alive, streaming) stays uvicorn's.
 """
@@ -143,6 +147,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.flow.pause_reading()
 
     def on_response_complete(self) -> None:
+        cycle = self.cycle
+        if self._body_pending and cycle is not None and cycle.response_complete:
+            # Answered before its body was read (a wrong key, a full body budget): nobody will
+            # read what uvicorn buffered of it (up to 64 KiB plus one read), and the rest is
+            # dropped as it comes; without this it stayed until the body timeout (300 such
+            # connections held +38 MB for 30 s).
+            cycle.body = bytearray()
         super().on_response_complete()  # starts a queued request, resumes reading
         if self._body_pending and self._timer is None and not self.transport.is_closing():
             self._arm(self._limits.body_timeout)  # a queued request's body is timed from its turn
