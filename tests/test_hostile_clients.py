@@ -447,6 +447,11 @@ def test_the_docs_state_the_bounds_the_code_holds() -> None:
     from gptomni_relay.core.shaping import MAX_TOOLS
     from gptomni_relay.openai_api.request_bounds import CHAT_COMPLETIONS_BOUNDS as CHAT_B
     from gptomni_relay.openai_api.request_bounds import COMPLETIONS_BOUNDS as LEGACY_B
+    from gptomni_relay.openai_api.request_bounds import (
+        MAX_SCHEMA_NODES,
+        MAX_SCHEMA_PATTERN_CHARS,
+        MAX_SCHEMA_PATTERNS,
+    )
     from gptomni_relay.openai_api.request_bounds import RESPONSES_BOUNDS as RESP_B
 
     docs = Path(__file__).resolve().parent.parent / "docs"
@@ -470,6 +475,9 @@ def test_the_docs_state_the_bounds_the_code_holds() -> None:
             f"{resp['tools']} tools in `tools` (of which at most {MAX_TOOLS} function tools, as in chat), "
             f"{CHAT_B.max_array_items} items in any other array, {RESP_B.max_depth} levels of nesting and "
             f"{_count(RESP_B.max_values)} values in all") in responses
+    schemas = (f"{MAX_SCHEMA_NODES} objects and arrays, {MAX_SCHEMA_PATTERNS} regular expressions")
+    for doc in (security, responses, " ".join((docs / "prompt-format.md").read_text().split())):
+        assert schemas in doc and f"{_count(MAX_SCHEMA_PATTERN_CHARS)} characters of them" in doc
 
 
 # --- the body budget: what every request body being read holds, together -------------------
@@ -593,3 +601,115 @@ def test_bodies_answered_before_they_are_read_are_not_kept(relay_process_against
         for sock in socks:
             sock.close()
     assert grown_mb < 10, f"the relay's peak memory grew by {grown_mb:.0f} MB for 200 unread 1 MB bodies"
+
+
+def _pattern_flood(salt: str) -> list[dict]:
+    """An ordinary tool, then 25 of 500 `patternProperties` each (each schema under the
+    32 KB a schema may be; ~800 KB in all): 3 s of meta-schema checks a request, before."""
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"id": {"type": "string", "pattern": "^[a-z0-9-]+$"}}}}}]
+    for t in range(25):
+        keys = {f"^{salt}t{t}k{i}_[a-z0-9]{{1,8}}(?:-[A-Za-z]+)*_{'x' * 18}$": {} for i in range(500)}
+        tools.append({"type": "function", "function": {"name": f"f{t}",
+                                                        "parameters": {"type": "object", "patternProperties": keys}}})
+    return tools
+
+
+def _sub_schemas(count: int) -> dict:
+    """`count` empty sub-schemas (~0.1 ms of meta-schema check each), 1000 an array."""
+    return {"allOf": [{"allOf": [{} for _ in range(1000)]} for _ in range(count // 1000)]}
+
+
+_HI = [{"role": "user", "content": "hi"}]
+# (path, body for a salt, the param named). Each request's schemas are new (the salt):
+# verdicts are remembered, and an attacker would not send the same schema twice.
+COSTLY_SCHEMAS: list[tuple[str, Callable[[str], dict], str]] = [
+    (CHAT, lambda salt: {"model": "gptomni", "messages": _HI, "tools": _pattern_flood(salt)},
+     "tools[1].function.parameters"),
+    (RESPONSES, lambda salt: {"model": "gptomni", "input": "hi",
+                              "tools": [{"type": "function", **tool["function"]} for tool in _pattern_flood(salt)]},
+     "tools[1].parameters"),
+    (CHAT, lambda salt: {"model": "gptomni", "messages": _HI, "response_format": {
+        "type": "json_schema", "json_schema": {"name": salt, "schema": {"$comment": salt, **_sub_schemas(3000)}}}},
+     "response_format.json_schema.schema"),
+    (RESPONSES, lambda salt: {"model": "gptomni", "input": "hi", "text": {"format": {
+        "type": "json_schema", "name": salt, "schema": {"$comment": salt, **_sub_schemas(3000)}}}},
+     "text.format.schema"),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("path", "make_body", "param"), COSTLY_SCHEMAS,
+                         ids=[f"{path}:{param}" for path, _, param in COSTLY_SCHEMAS])
+def test_schemas_costly_to_check_are_refused_cheaply(relay_process_against_demo, path: str,  # noqa: ANN001
+                                                     make_body: Callable[[str], dict], param: str) -> None:
+    relay: RelayProcess = relay_process_against_demo
+    bystander = Bystander(relay.url)
+    bystander.baseline()
+    headers = {"Authorization": f"Bearer {DEMO_API_KEY}", "Content-Type": "application/json"}
+    bodies = [json.dumps(make_body(f"r{n}")).encode() for n in range(3)]
+    assert all(len(body) < 1024 * 1024 for body in bodies)
+    with bystander, httpx.Client(base_url=relay.url, headers=headers, timeout=60) as http:
+        http.post(path, content=b"{}")  # the route's first use is not measured
+        cpu_before = relay.cpu_seconds()
+        for body in bodies:
+            response = http.post(path, content=body)
+            assert response.status_code == 400, response.text[:300]
+            error = response.json()["error"]
+            assert error["code"] == "schema_too_complex" and error["param"] == param, error
+            assert "2048 objects and arrays" in error["message"] or "256 regular expressions" in error["message"]
+        cpu_ms = (relay.cpu_seconds() - cpu_before) / len(bodies) * 1000
+    # Parsing the JSON is most of it; checking the 25 flooded schemas took ~3 s.
+    assert cpu_ms < 150, f"the relay spent {cpu_ms:.0f} ms of CPU on one such request"
+    bystander.assert_not_starved()
+
+
+def _most_schema_work(salt: str, extra_node: bool = False) -> list[dict]:
+    """Tools at every schema bound at once (request_bounds.py), in the costliest shape per
+    object: 16 schemas of 128 objects and arrays, 256 patterns of 64 characters."""
+    from gptomni_relay.openai_api.request_bounds import (
+        MAX_SCHEMA_NODES,
+        MAX_SCHEMA_PATTERN_CHARS,
+        MAX_SCHEMA_PATTERNS,
+    )
+
+    tools, per_tool = 16, MAX_SCHEMA_NODES // 16
+    patterns = MAX_SCHEMA_PATTERNS // tools
+    length = MAX_SCHEMA_PATTERN_CHARS // MAX_SCHEMA_PATTERNS
+    made = []
+    for t in range(tools):
+        items = [{"pattern": f"^{salt}{t:02d}{k:02d}".ljust(length - 1, "x") + "$"} for k in range(patterns)]
+        items += [{} for _ in range(per_tool - 2 - patterns + (extra_node and t == tools - 1))]  # - root, allOf
+        made.append({"type": "function", "function": {"name": f"f{t}", "parameters": {"allOf": items}}})
+    return made
+
+
+@pytest.mark.timeout(120)
+def test_the_most_schema_work_a_request_may_ask_is_bounded(relay_process_against_demo) -> None:  # noqa: ANN001
+    relay: RelayProcess = relay_process_against_demo
+    headers = {"Authorization": f"Bearer {DEMO_API_KEY}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=relay.url, headers=headers, timeout=60) as http:
+        http.post(CHAT, content=b"{}")
+        one_more = {"model": "gptomni", "messages": _HI, "tools": _most_schema_work("o", extra_node=True)}
+        response = http.post(CHAT, json=one_more)
+        assert response.status_code == 400, response.text[:300]
+        assert response.json()["error"]["param"] == "tools[15].function.parameters"
+        cpu_before = relay.cpu_seconds()
+        for n in range(2):
+            response = http.post(CHAT, json={"model": "gptomni", "messages": _HI, "tools": _most_schema_work(f"m{n}")})
+            assert response.status_code == 200, response.text[:300]
+        cpu_ms = (relay.cpu_seconds() - cpu_before) / 2 * 1000
+    # ~0.3 s on a quiet machine: the meta-schema check of 2,048 sub-schemas, once per schema.
+    assert cpu_ms < 1000, f"the relay spent {cpu_ms:.0f} ms of CPU on a request at the schema bounds"
+
+
+def test_anchors_and_ids_are_resolved_in_linear_time() -> None:
+    """Each anchor or `$id` lookup crawled the whole schema again: 600 were 1.3 s."""
+    from gptomni_relay.core.shaping.schemas import schema_problem
+
+    anchors = {"allOf": [{"$anchor": f"a{i}", "$ref": f"#a{i}"} for i in range(600)]}
+    ids = {"allOf": [{"$id": f"http://x/{i}", "$ref": f"http://x/{i}"} for i in range(600)]}
+    started = time.process_time()
+    assert schema_problem(anchors) is None and schema_problem(ids) is None
+    assert time.process_time() - started < 0.8
+    assert "does not resolve" in (schema_problem({**anchors, "not": {"$ref": "#nowhere"}}) or "")

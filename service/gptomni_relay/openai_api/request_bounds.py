@@ -9,6 +9,12 @@ arrays' caps, e.g. `messages`, a message's `content` parts, `tools`, `stop`), an
 values in the whole body. What is left for pydantic is then a few thousand values at
 most, a few milliseconds of work.
 
+A client's JSON schemas (tools' parameters, a response format) cost more than their bytes:
+checking one against its dialect's meta-schema costs ~0.1 ms of CPU for every object in it
+(25 tools of 500 `patternProperties` each, 800 KB, were 3 s a request), and every regular
+expression in it is compiled. `check_schema_bounds` counts them over all of a request's
+schemas before any is checked, a 400 naming the schema that passes the bound.
+
 This is the one place those counts are written: the schemas carry no `max_length` of
 their own, and every body-taking route reads its body through
 `request_reading.validated`, which takes the route's `RequestBounds` (no default, so a new
@@ -17,7 +23,7 @@ route cannot forget). docs/security.md lists the numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -68,6 +74,47 @@ COMPLETIONS_BOUNDS = RequestBounds(MappingProxyType({
 }))
 
 assert RequestBounds.max_depth > MAX_SCHEMA_DEPTH + 8  # a schema's own bound fires first
+
+# All of one request's schemas together (each is also held to MAX_SCHEMA_BYTES and
+# MAX_SCHEMA_DEPTH on its own). Real clients are far below: the Codex CLI's 9 function
+# tools are 55 objects and arrays and no pattern; a hundred MCP tools of ten parameters
+# each would be about 1,200. The most allowed is checked in ~0.25 s of CPU, once: verdicts
+# are remembered (state.SCHEMA_CHECKS), so an agent resending its tools pays nothing more.
+MAX_SCHEMA_NODES = 2048  # objects and arrays
+MAX_SCHEMA_PATTERNS = 256  # `pattern`s and `patternProperties` keys (propertyNames' are `pattern`s)
+MAX_SCHEMA_PATTERN_CHARS = 16_384  # compiling costs ~0.5 us a character
+
+
+def check_schema_bounds(schemas: Iterable[tuple[str, Any]]) -> None:
+    """`schemas`: (param, schema) in the request's order. Raises a 400 naming the param of
+    the schema with which the request's schemas pass a bound. Counts are conservative: a
+    `pattern` string in an `enum` or `default` value counts like one in a schema."""
+    nodes = patterns = chars = 0
+    for param, schema in schemas:
+        pending = [schema]
+        while pending:
+            node = pending.pop()
+            if isinstance(node, dict):
+                if isinstance(found := node.get("pattern"), str):
+                    patterns, chars = patterns + 1, chars + len(found)
+                if isinstance(keyed := node.get("patternProperties"), dict):
+                    patterns, chars = patterns + len(keyed), chars + sum(len(key) for key in keyed)
+                children: Iterable[Any] = node.values()
+            elif isinstance(node, list):
+                children = node
+            else:
+                continue
+            nodes += 1
+            if nodes > MAX_SCHEMA_NODES:
+                raise bad_request(f"The request's JSON schemas (tools' parameters and the response format together) "
+                                  f"hold more than {MAX_SCHEMA_NODES} objects and arrays; '{param}' passes that "
+                                  "limit.", param=param, code="schema_too_complex")
+            if patterns > MAX_SCHEMA_PATTERNS or chars > MAX_SCHEMA_PATTERN_CHARS:
+                raise bad_request(f"The request's JSON schemas (tools' parameters and the response format together) "
+                                  f"hold more than {MAX_SCHEMA_PATTERNS} regular expressions or more than "
+                                  f"{MAX_SCHEMA_PATTERN_CHARS} characters of them; '{param}' passes that limit.",
+                                  param=param, code="schema_too_complex")
+            pending.extend(child for child in children if isinstance(child, (dict, list)))
 
 
 def check_request_bounds(body: dict[str, Any], bounds: RequestBounds) -> None:

@@ -14,7 +14,12 @@ from gptomni_relay.core.byte_budget import Hold
 from gptomni_relay.core.conversation import NonText, ToolCall, Turn
 from gptomni_relay.core.shaping import AnswerShape, FunctionTool, JsonFormat, ToolChoice, tools_problem
 from gptomni_relay.openai_api.errors import APIError, bad_request
-from gptomni_relay.openai_api.request_bounds import CHAT_COMPLETIONS_BOUNDS, RequestBounds, check_request_bounds
+from gptomni_relay.openai_api.request_bounds import (
+    CHAT_COMPLETIONS_BOUNDS,
+    RequestBounds,
+    check_request_bounds,
+    check_schema_bounds,
+)
 from gptomni_relay.openai_api.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -143,11 +148,16 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
         param = "functions" if request.functions else "function_call"
         raise bad_request("The legacy functions / function_call parameters are not supported: use tools and "
                           "tool_choice instead.", param=param)
-    refuse_unusable_tools(request)
     response_format = request.response_format
-    if isinstance(response_format, JsonSchemaResponseFormat) and response_format.json_schema.schema_ is not None:
-        if problem := SCHEMA_CHECKS.problem(response_format.json_schema.schema_):
-            raise bad_request(f"Invalid JSON schema: {problem}.", param="response_format.json_schema.schema")
+    format_schema = (response_format.json_schema.schema_ if isinstance(response_format, JsonSchemaResponseFormat)
+                     else None)
+    check_schema_bounds([*((f"tools[{index}].function.parameters", tool.function.parameters)
+                           for index, tool in enumerate(request.tools or ()) if tool.function.parameters is not None),
+                         *((("response_format.json_schema.schema", format_schema),) if format_schema is not None
+                           else ())])
+    refuse_unusable_tools(request)
+    if format_schema is not None and (problem := SCHEMA_CHECKS.problem(format_schema)):
+        raise bad_request(f"Invalid JSON schema: {problem}.", param="response_format.json_schema.schema")
 
 
 def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:

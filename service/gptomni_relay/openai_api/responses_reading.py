@@ -8,6 +8,7 @@ from __future__ import annotations
 from gptomni_relay.core.conversation import ToolCall, Turn
 from gptomni_relay.core.shaping import AnswerShape, FunctionTool, JsonFormat, ToolChoice, tools_problem
 from gptomni_relay.openai_api.errors import bad_request
+from gptomni_relay.openai_api.request_bounds import check_schema_bounds
 from gptomni_relay.openai_api.responses_schemas import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -139,6 +140,10 @@ def _json_format(request: ResponsesRequest) -> JsonFormat | None:
 
 def answer_shape(request: ResponsesRequest) -> AnswerShape:
     tools, positions = _function_tools(request)
+    fmt = request.text.format if request.text is not None else None
+    check_schema_bounds([*((f"tools[{position}].parameters", tool.parameters)
+                           for tool, position in zip(tools, positions, strict=True) if tool.parameters is not None),
+                         *((("text.format.schema", fmt.schema_),) if isinstance(fmt, TextFormatJsonSchema) else ())])
     choice = _tool_choice(request, tools)
     if problem := tools_problem(tools, choice, SCHEMA_CHECKS.problem):
         where = {"tools": "tools", "tool_choice": "tool_choice"}
