@@ -21,7 +21,8 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from gptomni_common.upstream.protocol import CHAT_PATH, LANDING_PATH
-from gptomni_relay.core.shaping.extraction import json_values
+from gptomni_relay.core.shaping import AnswerShape, FunctionTool, ToolChoice, interpret
+from gptomni_relay.core.shaping.extraction import bare_values, json_values, tagged
 from gptomni_relay.core.shaping.schemas import first_violation
 from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
@@ -320,6 +321,35 @@ def test_an_unclosed_code_fence_is_read_in_linear_time() -> None:
     assert json_values("```" + "a" * 64_000) == []
     assert json_values('```json\n{"a": 1}```')[0].value == {"a": 1}
     assert time.process_time() - started < 2
+
+
+# ~900 KB that makes every opening a long parse failing at the very end: unclosed, or
+# closed on a number JSON cannot carry (a failure that does not say where it was).
+_LONG_FAILS = ["[" * 64 + "1," * 450_000, "[" * 64 + "1," * 449_990 + "1e999" + "]" * 64,
+               '{"a": ' * 64 + '"' + "x" * 900_000]
+
+
+@pytest.mark.parametrize("text", _LONG_FAILS, ids=["unclosed", "out-of-range", "unclosed-string"])
+def test_json_in_an_answer_is_looked_for_within_a_budget(text: str) -> None:
+    """64 openings each parsed to the end of the answer: 878 KB cost 0.73 s a reading."""
+    started = time.process_time()
+    assert bare_values(text) == [] and json_values(text) == []
+    # The whole reading of tool calls (tags, fences, bare JSON, twice) on the same answer.
+    shape = AnswerShape(tools=(FunctionTool("f", None, None),), tool_choice=ToolChoice("auto"))
+    assert interpret(shape, text).tool_calls == ()
+    assert time.process_time() - started < 0.5  # ~0.1 s; before: ~2.2 s
+
+
+def test_the_json_budget_leaves_ordinary_answers_whole() -> None:
+    # Many openings that are no JSON, long values, and what follows them are all found.
+    prose = "See [1] and [note] {x} " * 15  # 30 failed openings, cheap ones (64 are tried)
+    values = [{"n": i, "text": "y" * 20_000} for i in range(3)]
+    text = prose + " then ".join(json.dumps(value) for value in values) + " [1, 2]"
+    found = bare_values(text)
+    assert [item.value for item in found if item.value != [1]][-4:] == [*values, [1, 2]]
+    whole = json.dumps({"items": list(range(200_000))})  # one large value, the whole answer
+    assert bare_values(whole)[0].value == {"items": list(range(200_000))}
+    assert tagged("<tool_call>" + whole + "</tool_call>")[0].value == {"items": list(range(200_000))}
 
 
 def _doubling_schema(levels: int) -> dict:

@@ -3,9 +3,12 @@ wrapped in tags (`<tool_call>`, `<tool_calls>`, `<function_call>`), in fenced ``
 (```json or bare), or bare in the text, with prose before and after. Each value found
 keeps where it stood, so the prose around tool calls can be kept as the answer's text.
 
-Bounded: an answer is at most GPTOMNI_MAX_ANSWER_CHARS long, and the bare-JSON scan tries
-at most `MAX_BARE_STARTS` places where a value could begin (a failed parse from each of
-many openings would otherwise cost quadratic time on hostile text).
+Bounded: an answer is at most GPTOMNI_MAX_ANSWER_CHARS long, and decoding from many places
+of it (the bare openings, the looks past a closing tag) is held to one budget per reading,
+`_DecodeBudget`: every decode is charged what it read, and all of them together read at
+most `DECODE_READINGS` times the answer (plus the one decode that crosses the line). The
+upstream picks the text: 64 openings each parsed to the end of 878 KB cost 0.73 s. The
+bare scan also tries at most `MAX_BARE_STARTS` openings.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_BARE_STARTS = 64
+DECODE_READINGS = 2  # the answer's length, times this, is what one reading may decode
+_DECODE_FLOOR = 4096  # what any answer may decode, however short
 
 # An unclosed last tag runs to the end of the answer (the model stopped before closing it).
 TAGGED = re.compile(r"<(tool_calls?|function_call)>(.*?)(?:</\1>|\Z)", re.S)
@@ -57,6 +62,33 @@ def _decode(text: str, start: int = 0) -> tuple[Any, int]:
     return _writable(value), end
 
 
+class _DecodeBudget:
+    """Decoding from places of one text, each decode charged the characters it read: to
+    the value's end, or to where it failed. A decode that fails without saying where (a
+    number out of range, `NaN`, nesting too deep) is charged the rest of the text."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._left = DECODE_READINGS * len(text) + _DECODE_FLOOR
+
+    @property
+    def spent(self) -> bool:
+        return self._left <= 0
+
+    def decode(self, start: int) -> tuple[Any, int] | None:
+        """The value at `start` and where it ends, or None when no JSON value starts there."""
+        try:
+            value, end = _decode(self._text, start)
+        except json.JSONDecodeError as exc:
+            self._left -= exc.pos - start + 1
+            return None
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder goes
+            self._left -= len(self._text) - start
+            return None
+        self._left -= end - start
+        return value, end
+
+
 def parse_json(text: str) -> Any:
     """`text` as one JSON value that can be written back as JSON; ValueError otherwise."""
     return _writable(_DECODER.decode(text))
@@ -87,14 +119,12 @@ def tagged(text: str) -> list[Found]:
     """The contents of every tag, each a JSON value or, inside the tag, a fenced one."""
     found = []
     position = 0
-    # Each look past a closing tag decodes from the tag on (a failed decode costs the text
-    # up to where it failed): bounded as the bare starts are.
-    looks = MAX_BARE_STARTS
+    # Each look past a closing tag decodes from the tag on, to the end of the text at worst.
+    budget = _DecodeBudget(text)
     while (match := TAGGED.search(text, position)) is not None:
         value = parse_whole(match.group(2), match.start(), match.end())
-        if value.text is None and looks > 0:
-            looks -= 1
-            value = _json_through_closing(text, match) or value
+        if value.text is None and not budget.spent:
+            value = _json_through_closing(text, match, budget) or value
         if value.text is None:
             fenced = [f for f in _fenced(match.group(2)) if f.text is not None]
             if len(fenced) == 1:
@@ -104,7 +134,7 @@ def tagged(text: str) -> list[Found]:
     return found
 
 
-def _json_through_closing(text: str, match: re.Match[str]) -> Found | None:
+def _json_through_closing(text: str, match: re.Match[str], budget: _DecodeBudget) -> Found | None:
     """The JSON value right after an opening tag, when it runs past the first closing tag
     to another: an argument may hold `</tool_call>` (a coding agent's file), so the value,
     not the first closing tag in the text, says where the tag ends."""
@@ -113,10 +143,9 @@ def _json_through_closing(text: str, match: re.Match[str]) -> Found | None:
         return None  # unclosed: it already runs to the end
     body = match.group(2)
     begin = match.start(2) + len(body) - len(body.lstrip())
-    try:
-        value, stop = _decode(text, begin)
-    except (ValueError, RecursionError):
+    if (decoded := budget.decode(begin)) is None:
         return None
+    value, stop = decoded
     after = _SPACE.match(text, stop).end()  # type: ignore[union-attr]  # (no copy of the rest per tag)
     if not text.startswith(closing, after):
         return None
@@ -136,15 +165,15 @@ def json_values(text: str) -> list[Found]:
 def bare_values(text: str) -> list[Found]:
     found: list[Found] = []
     position = 0
+    budget = _DecodeBudget(text)
     for _ in range(MAX_BARE_STARTS):
         opening = _OPENING.search(text, position)
-        if opening is None:
+        if opening is None or budget.spent:
             break
-        try:
-            value, end = _decode(text, opening.start())
-        except (ValueError, RecursionError):  # nested deeper than the decoder goes: not an answer's JSON
+        if (decoded := budget.decode(opening.start())) is None:
             position = opening.start() + 1
             continue
+        value, end = decoded
         found.append(Found(value, text[opening.start():end], opening.start(), end))
         position = end
     return found
