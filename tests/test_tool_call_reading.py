@@ -10,7 +10,7 @@ import pytest
 
 from gptomni_relay.core.errors import UnusableAnswer
 from gptomni_relay.core.shaping import AnswerShape, FunctionTool, ToolChoice, interpret
-from gptomni_relay.core.shaping.schemas import MAX_SCHEMA_BYTES, SchemaChecks, schema_problem
+from gptomni_relay.core.shaping.schemas import MAX_SCHEMA_BYTES, MAX_VALUE_DEPTH, SchemaChecks, schema_problem
 
 TOOLS = (FunctionTool("f", None, {"type": "object", "properties": {"n": {"type": "integer"}}}), FunctionTool("g"))
 
@@ -30,6 +30,20 @@ def calls(text: str, **shape: object) -> list[tuple[str, str]]:
 ])
 def test_forms(text: str, expected: list[tuple[str, str]]) -> None:
     assert calls(text) == expected
+
+
+@pytest.mark.parametrize(("text", "content"), [
+    # An argument holding ``` ends the fence early, so the call is read as a bare value:
+    # its fence goes with it, the words around stay.
+    ('I will write it.\n```json\n{"name": "g", "arguments": {"text": "see ```py\\nx\\n``` here"}}\n```\nDone.',
+     "I will write it.\nDone."),
+    ('```json\n{"name": "g", "arguments": {"text": "a ``` b"}}\n```', None),
+    ('Run ```ls``` first. {"name": "g", "arguments": {}} then ```cat```', "Run ```ls``` first.\nthen ```cat```"),
+])
+def test_a_call_read_out_of_its_fence_leaves_no_empty_fence(text: str, content: str | None) -> None:
+    answer = interpret(AnswerShape(tools=TOOLS), text)
+    assert [call.name for call in answer.tool_calls] == ["g"]
+    assert answer.content == content
 
 
 def test_a_tag_without_a_call_is_a_mistake_not_text() -> None:
@@ -65,12 +79,17 @@ def test_history_arguments_nested_past_the_decoder_are_quoted_as_sent() -> None:
     assert render_tool_call("f", deep).startswith('<tool_call>{"name": "f", "arguments": "[[[')
 
 
-def test_arguments_nested_deep_are_unusable_not_a_crash() -> None:
+@pytest.mark.parametrize("levels", [65, 200, 900])
+def test_arguments_nested_deep_are_unusable_not_a_crash(levels: int) -> None:
+    # 200 levels against a $ref schema used to end in rpds' PanicException (a RecursionError
+    # raised inside its map lookup), which no `except Exception` catches.
     nested = {"type": "array", "items": {"$ref": "#/$defs/nested"}}
     tool = FunctionTool("f", None, {"type": "object", "properties": {"n": {"$ref": "#/$defs/nested"}},
                                     "$defs": {"nested": nested}})
-    deep = "[" * 900 + "]" * 900  # within the decoder's reach, beyond the schema check's
+    shape = AnswerShape(tools=(tool,), tool_choice=ToolChoice("required"))
+    deep = "[" * (levels - 1) + "]" * (levels - 1)  # within the decoder's reach, beyond the schema check's
     with pytest.raises(UnusableAnswer) as caught:
-        interpret(AnswerShape(tools=(tool,), tool_choice=ToolChoice("required")),
-                  '{"name": "f", "arguments": {"n": ' + deep + "}}")
-    assert "nests too deep" in caught.value.message
+        interpret(shape, '{"name": "f", "arguments": {"n": ' + deep + "}}")
+    assert f"nests deeper than the relay's limit of {MAX_VALUE_DEPTH} levels" in caught.value.message
+    at_the_limit = "[" * (MAX_VALUE_DEPTH - 1) + "]" * (MAX_VALUE_DEPTH - 1)
+    assert interpret(shape, '{"name": "f", "arguments": {"n": ' + at_the_limit + "}}").tool_calls

@@ -32,6 +32,10 @@ from referencing.jsonschema import DRAFT202012, specification_with
 
 MAX_SCHEMA_BYTES = 32_768  # one schema, as compact JSON
 MAX_SCHEMA_DEPTH = 32  # nested objects / arrays (jsonschema recurses on them)
+# A value checked against a schema: jsonschema recurses on it too, and near Python's
+# recursion limit the RecursionError is raised inside rpds (referencing's maps), which turns
+# it into a PanicException no `except Exception` catches (200 levels did, for a $ref schema).
+MAX_VALUE_DEPTH = 64
 CHECK_SECONDS = 0.25  # one check of an answer against a schema, all keywords together
 # What a `$ref` may resolve to beyond the schema itself: nothing. Given no registry,
 # jsonschema fetches an unknown `$ref` over HTTP, so a client could make the relay GET any
@@ -40,11 +44,12 @@ _NO_FETCH: Registry[Any] = Registry()
 _REFS = ("$ref", "$dynamicRef")
 
 
-def _depth(value: Any) -> int:
+def _depth(value: Any, limit: int) -> int:
+    """How deeply `value` nests, counted without recursion and only up to `limit` + 1."""
     deepest, level = 0, [value]
     while level:
         deepest += 1
-        if deepest > MAX_SCHEMA_DEPTH:
+        if deepest > limit:
             return deepest
         level = [child for item in level for child in
                  (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())]
@@ -61,7 +66,7 @@ def _compact(schema: Mapping[str, Any]) -> bytes:
 def _problem(schema: Mapping[str, Any], size: int) -> str | None:
     if size > MAX_SCHEMA_BYTES:
         return f"the schema is {size} bytes as JSON, more than the relay's {MAX_SCHEMA_BYTES}-byte limit"
-    if _depth(schema) > MAX_SCHEMA_DEPTH:
+    if _depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
         return f"the schema nests deeper than the relay's limit of {MAX_SCHEMA_DEPTH} levels"
     try:
         validator_for(schema, default=Draft202012Validator).check_schema(schema)
@@ -192,6 +197,8 @@ def _bounded_validator(schema: Mapping[str, Any]) -> Validator:
 
 def first_violation(schema: Mapping[str, Any], instance: Any) -> str | None:
     """The first way `instance` breaks `schema` (with where), or None when it matches."""
+    if _depth(instance, MAX_VALUE_DEPTH) > MAX_VALUE_DEPTH:
+        return f"the value nests deeper than the relay's limit of {MAX_VALUE_DEPTH} levels"
     try:
         error = next(iter(_bounded_validator(schema).iter_errors(instance)), None)
     except TimeoutError:

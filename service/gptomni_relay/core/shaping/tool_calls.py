@@ -16,6 +16,7 @@ again on the attempt budget.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -145,11 +146,29 @@ def _arguments(tool: FunctionTool, arguments: Any) -> str:
     return json.dumps(arguments, ensure_ascii=False)
 
 
+# A call read as a bare value inside a fence (the fence could not be read whole because an
+# argument holds ```) takes its fence with it: the fence alone is no text to pass on.
+# Looked for within a few characters of the call, so the look costs nothing on long text.
+_FENCE_OPENING_BEFORE = re.compile(r"```[A-Za-z0-9_+-]*[^\S\n]*\n?\s*\Z")
+_FENCE_CLOSING_AFTER = re.compile(r"\s*```")
+_FENCE_LOOK = 64
+
+
+def _with_its_fence(text: str, found: Found) -> tuple[int, int]:
+    window_start = max(found.start - _FENCE_LOOK, 0)
+    opening = _FENCE_OPENING_BEFORE.search(text, window_start, found.start)
+    closing = _FENCE_CLOSING_AFTER.match(text, found.end, found.end + _FENCE_LOOK)
+    if opening is None or closing is None:
+        return found.start, found.end
+    return opening.start(), closing.end()
+
+
 def _remaining_text(text: str, places: list[Found]) -> str | None:
     kept, position = [], 0
     for found in sorted(places, key=lambda found: found.start):
-        kept.append(text[position:found.start])
-        position = max(position, found.end)
+        start, end = _with_its_fence(text, found)
+        kept.append(text[position:start])
+        position = max(position, end)
     kept.append(text[position:])
     remaining = "\n".join(part.strip() for part in kept if part.strip())
     return remaining or None
