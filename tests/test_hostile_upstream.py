@@ -21,9 +21,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from gptomni_common.upstream.protocol import CHAT_PATH, LANDING_PATH
-from gptomni_relay.core.shaping import AnswerShape, FunctionTool, ToolChoice, interpret
+from gptomni_relay.core.errors import UnusableAnswer
+from gptomni_relay.core.shaping import AnswerShape, FunctionTool, JsonFormat, ToolChoice, interpret
 from gptomni_relay.core.shaping.extraction import bare_values, json_values, tagged
-from gptomni_relay.core.shaping.schemas import first_violation
+from gptomni_relay.core.shaping.schemas import answer_deadline, first_violation
 from gptomni_relay.edge.server import serve_app
 from gptomni_relay.simulator import SimulatorState, build_simulator_app
 from tests.bystander import Bystander
@@ -361,20 +362,31 @@ def _doubling_schema(levels: int) -> dict:
 
 def test_a_schema_that_doubles_its_work_per_level_is_cut_at_the_check_deadline() -> None:
     """20 levels were 22 s of CPU on the event loop (a deadline on patterns only)."""
-    assert first_violation(_doubling_schema(3), {}) is None  # a few levels: checked in full
+    assert first_violation(_doubling_schema(3), {}, answer_deadline()) is None  # a few levels: checked in full
     started = time.process_time()
-    verdict = first_violation(_doubling_schema(20), {})
+    verdict = first_violation(_doubling_schema(20), {}, answer_deadline())
     assert verdict is not None and "took longer than the relay's" in verdict
     assert time.process_time() - started < 2
+
+
+def test_one_deadline_holds_for_every_value_of_an_answer() -> None:
+    """40 fenced `{}` against a doubling schema were 40 checks of 0.25 s each: 10 s a reading.
+    (Tool calls stop at the first call whose arguments fail, so they never multiplied.)"""
+    shape = AnswerShape(json_format=JsonFormat(schema=_doubling_schema(22)))
+    started = time.process_time()
+    with pytest.raises(UnusableAnswer) as caught:
+        interpret(shape, "```json\n{}\n```\n" * 40)
+    assert "took longer than the relay's" in caught.value.message
+    assert time.process_time() - started < 2  # one 0.25 s deadline; before: 10 s
 
 
 def test_unique_items_is_one_pass() -> None:
     """8,000 distinct objects were 41 s (jsonschema's pairwise fallback for unhashable items)."""
     schema = {"type": "array", "uniqueItems": True}
     started = time.process_time()
-    assert first_violation(schema, [{"n": i} for i in range(8000)]) is None
+    assert first_violation(schema, [{"n": i} for i in range(8000)], answer_deadline()) is None
     assert time.process_time() - started < 2
     # JSON Schema's equality: key order and 1 / 1.0 do not tell values apart, true and 1 do.
-    assert first_violation(schema, [{"a": 1, "b": [2]}, {"b": [2.0], "a": 1}]) is not None
-    assert first_violation(schema, [True, 1, False, 0, None]) is None
-    assert first_violation(schema, [[1, 2], [2, 1]]) is None
+    assert first_violation(schema, [{"a": 1, "b": [2]}, {"b": [2.0], "a": 1}], answer_deadline()) is not None
+    assert first_violation(schema, [True, 1, False, 0, None], answer_deadline()) is None
+    assert first_violation(schema, [[1, 2], [2, 1]], answer_deadline()) is None

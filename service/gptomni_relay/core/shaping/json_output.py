@@ -7,7 +7,7 @@ import json
 
 from gptomni_relay.core.errors import UnusableAnswer
 from gptomni_relay.core.shaping.extraction import json_values
-from gptomni_relay.core.shaping.schemas import first_violation
+from gptomni_relay.core.shaping.schemas import answer_deadline, first_violation
 from gptomni_relay.core.shaping.shape import JsonFormat
 
 # The simulator (simulated_json.py) reads these from the prompt, as a model would.
@@ -26,13 +26,14 @@ def json_instructions(fmt: JsonFormat) -> str:
 def extract_json(fmt: JsonFormat, text: str) -> str:
     """The first JSON value in `text` that the format accepts, as compact JSON text."""
     problem = "the answer holds no JSON"
+    deadline = answer_deadline()
     for found in json_values(text):
         if fmt.schema is None:
             if isinstance(found.value, dict):
                 return json.dumps(found.value, ensure_ascii=False)
             problem = "the answer's JSON is not an object"
             continue
-        violation = first_violation(fmt.schema, found.value)
+        violation = first_violation(fmt.schema, found.value, deadline)
         if violation is None:
             return json.dumps(found.value, ensure_ascii=False)
         problem = f"the answer's JSON does not match the schema: {violation}"

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from gptomni_relay.core.conversation import TOOL_CALL_TAG, ToolCall, render_tool_call
 from gptomni_relay.core.errors import UnusableAnswer
 from gptomni_relay.core.shaping.extraction import Found, bare_values, json_values, parse_json, tagged
-from gptomni_relay.core.shaping.schemas import first_violation
+from gptomni_relay.core.shaping.schemas import answer_deadline, first_violation
 from gptomni_relay.core.shaping.shape import AnswerShape, FunctionTool, ShapedAnswer, ToolChoice
 
 MAX_TOOLS = 128  # OpenAI's own limit per request
@@ -131,7 +131,7 @@ def _located_calls(text: str) -> tuple[list[tuple[Any, Any]], list[Found]]:
     return [], []
 
 
-def _arguments(tool: FunctionTool, arguments: Any) -> str:
+def _arguments(tool: FunctionTool, arguments: Any, deadline: float) -> str:
     if isinstance(arguments, str):
         try:
             arguments = parse_json(arguments)
@@ -140,7 +140,7 @@ def _arguments(tool: FunctionTool, arguments: Any) -> str:
                                  code=INVALID_TOOL_CALL) from None
     if not isinstance(arguments, dict):
         raise UnusableAnswer(f"the arguments of the call to `{tool.name}` are not a JSON object", code=INVALID_TOOL_CALL)
-    if tool.parameters is not None and (violation := first_violation(tool.parameters, arguments)):
+    if tool.parameters is not None and (violation := first_violation(tool.parameters, arguments, deadline)):
         raise UnusableAnswer(f"the arguments of the call to `{tool.name}` do not match its schema: {violation}",
                              code=INVALID_TOOL_CALL)
     return json.dumps(arguments, ensure_ascii=False)
@@ -198,6 +198,7 @@ def _read(shape: AnswerShape, text: str, tokens: int) -> ShapedAnswer | None:
         raise UnusableAnswer(f"the answer holds no {wanted}, and tool_choice requires one", code=INVALID_TOOL_CALL)
     tools: Mapping[str, FunctionTool] = {tool.name: tool for tool in shape.tools}
     shaped: list[ToolCall] = []
+    deadline = answer_deadline()
     for name, arguments in calls:
         tool = tools.get(name)
         if tool is None:
@@ -206,7 +207,7 @@ def _read(shape: AnswerShape, text: str, tokens: int) -> ShapedAnswer | None:
         if choice.name is not None and name != choice.name:
             raise UnusableAnswer(f"the answer calls `{name}`, but tool_choice requires `{choice.name}`",
                                  code=INVALID_TOOL_CALL)
-        shaped.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, _arguments(tool, arguments)))
+        shaped.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, _arguments(tool, arguments, deadline)))
     content = _remaining_text(text, places)
     if len(shaped) > 1 and (not shape.parallel_tool_calls or choice.name is not None):
         # One call is what was allowed: when asking again does not get one, the first is.
