@@ -341,6 +341,18 @@ def test_json_in_an_answer_is_looked_for_within_a_budget(text: str) -> None:
     assert time.process_time() - started < 0.5  # ~0.1 s; before: ~2.2 s
 
 
+def test_many_broken_tags_are_looked_past_a_bounded_number_of_times() -> None:
+    """Each failed decode counts the lines from the answer's start (the stdlib's
+    JSONDecodeError): 25,000 broken tags, 805 KB, were 8.5 s to read tool calls from."""
+    text = ("<tool_call>" + "[" * 10 + "</tool_call>") * 25_000
+    shape = AnswerShape(tools=(FunctionTool("f", None, None),), tool_choice=ToolChoice("auto"))
+    started = time.process_time()
+    with pytest.raises(UnusableAnswer):
+        interpret(shape, text)
+    assert time.process_time() - started < 1  # ~0.1 s; before: 8.5 s
+
+
+
 def test_the_json_budget_leaves_ordinary_answers_whole() -> None:
     # Many openings that are no JSON, long values, and what follows them are all found.
     prose = "See [1] and [note] {x} " * 15  # 30 failed openings, cheap ones (64 are tried)
