@@ -1,6 +1,6 @@
 """The body budget (core/byte_budget.py): what every request body being read holds of
-GPTOMNI_MAX_BUFFERED_BODY_BYTES, together. Holds cover a declared length up front or grow
-chunk by chunk, and every byte comes back however the reading ends: parsed, refused, or
+GPTOMNI_MAX_BUFFERED_BODY_BYTES, together. Holds grow chunk by chunk with what
+arrives (never what a Content-Length only announces), and every byte comes back however the reading ends: parsed, refused, or
 the client gone mid-body. (The process-level attack is in tests/test_hostile_clients.py.)"""
 
 from __future__ import annotations
@@ -64,12 +64,30 @@ def _headers(relay: Harness, framing: bytes) -> bytes:
             + b"\r\nContent-Type: application/json\r\n" + framing + b"\r\n\r\n")
 
 
-def test_a_declared_body_is_held_before_it_is_read_and_given_back_on_a_hang_up(relay: Harness) -> None:
+def test_a_declared_body_holds_what_arrived_and_gives_it_back_on_a_hang_up(relay: Harness) -> None:
     budget = relay.state.body_budget
     with socket.create_connection((relay.relay_server.host, relay.relay_server.port), timeout=5) as sock:
         sock.sendall(_headers(relay, b"Content-Length: 200000") + b'{"model": ')
-        wait_until(lambda: budget.reserved == 200_000, what="the declared length held")
+        wait_until(lambda: budget.reserved == len(b'{"model": '), what="what arrived held")
     wait_until(lambda: budget.reserved == 0, what="the hold given back after the hang-up")
+
+
+def test_headers_alone_hold_nothing_of_the_budget(make_relay) -> None:  # noqa: ANN001
+    # Announcing a body costs a client nothing: 64 header-only connections announcing 1 MiB
+    # each held a budget that reserved announced lengths for the whole body timeout.
+    relay: Harness = make_relay(max_body_bytes=100_000, max_buffered_body_bytes=100_000)
+    address = (relay.relay_server.host, relay.relay_server.port)
+    socks = [socket.create_connection(address, timeout=5) for _ in range(10)]
+    try:
+        for sock in socks:
+            sock.sendall(_headers(relay, b"Content-Length: 90000"))
+        response = relay.http().post("/v1/chat/completions", json={
+            "model": "gptomni", "messages": [{"role": "user", "content": "x" * 90_000}]})
+        assert response.status_code == 200, response.text[:300]
+        assert relay.state.body_budget.reserved == 0
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_a_chunked_body_is_held_as_it_comes_and_given_back_on_a_hang_up(relay: Harness) -> None:
@@ -89,10 +107,10 @@ def test_a_chunked_body_past_the_budget_is_refused_mid_body(make_relay) -> None:
     budget = relay.state.body_budget
     address = (relay.relay_server.host, relay.relay_server.port)
     with socket.create_connection(address, timeout=5) as holder, socket.create_connection(address, timeout=5) as late:
-        holder.sendall(_headers(relay, b"Content-Length: 80000") + b"{")
-        wait_until(lambda: budget.reserved == 80_000, what="the first body held")
+        holder.sendall(_headers(relay, b"Content-Length: 80000") + b"{" + b" " * 79_998)  # all but its last byte
+        wait_until(lambda: budget.reserved == 79_999, what="the first body held")
         late.sendall(_headers(relay, b"Transfer-Encoding: chunked") + b"%x\r\n%s\r\n" % (10_000, b" " * 10_000))
-        wait_until(lambda: budget.reserved == 90_000, what="the chunked body's first chunk held")
+        wait_until(lambda: budget.reserved == 89_999, what="the chunked body's first chunk held")
         late.sendall(b"%x\r\n%s\r\n" % (30_000, b" " * 30_000))  # past the budget
         reply = b""
         while b"server_busy" not in reply:  # bounded by the socket timeout
@@ -100,7 +118,7 @@ def test_a_chunked_body_past_the_budget_is_refused_mid_body(make_relay) -> None:
             assert chunk, reply[:300]
             reply += chunk
         assert reply.startswith(b"HTTP/1.1 503") and b"retry-after: 1\r\n" in reply, reply[:300]
-        assert budget.reserved == 80_000  # what the refused body held is back
+        assert budget.reserved == 79_999  # what the refused body held is back
     wait_until(lambda: budget.reserved == 0, what="the budget released")
     response = relay.http().post("/v1/chat/completions", json={
         "model": "gptomni", "messages": [{"role": "user", "content": "x" * 90_000}]})

@@ -524,10 +524,10 @@ def read_response(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
 
 
 def hold_the_budget(relay: RelayProcess, socks: list[socket.socket]) -> None:
-    """Four stalled bodies, each admitted: the budget holds their declared lengths."""
+    """Four stalled bodies, each admitted: the budget holds what arrived of them."""
     for count in range(1, 5):
         socks.append(stalled_body(relay))
-        wait_until(lambda count=count: buffered_body_bytes(relay) == count * DECLARED,
+        wait_until(lambda count=count: buffered_body_bytes(relay) == count * (DECLARED - 1),
                    what=f"{count} stalled bodies held in the budget")
 
 
@@ -552,10 +552,10 @@ def test_stalled_bodies_hold_no_more_than_the_body_budget(relay_with_a_small_bod
     try:
         with bystander, httpx.Client(base_url=relay.url, headers=headers, timeout=30) as http:
             hold_the_budget(relay, socks)
-            for _ in range(56):  # each refused at once, its body not read
+            for _ in range(56):  # each refused once it reaches what is left of the budget
                 socks.append(stalled_body(relay))
                 assert_server_busy(socks[-1])
-            assert buffered_body_bytes(relay) == 4 * DECLARED
+            assert buffered_body_bytes(relay) == 4 * (DECLARED - 1)
             # A small body still fits what is left of the budget.
             response = http.post("/v1/chat/completions", content=CHAT_BODY)
             assert response.status_code == 200, response.text[:300]

@@ -43,14 +43,13 @@ def _too_large(limit: int) -> APIError:
 
 async def read_limited_body(request: Request, limit: int, hold: Hold) -> bytes:
     """The body, at most `limit` bytes, held in `hold` of the relay's body budget while it is
-    read: its declared length before any of it is read, otherwise each chunk before it is
-    kept. The budget full: `ServerBusy` (503), and what was read so far is dropped. The
-    caller ends the hold once the body is parsed (answering.py)."""
+    read: each chunk before it is kept, never what a `Content-Length` only announces (64
+    connections sending headers alone held the whole budget for the 30 s body timeout).
+    The budget full: `ServerBusy` (503), and what was read so far is dropped. The caller
+    ends the hold once the body is parsed (answering.py)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit():
-        if int(declared) > limit:
-            raise _too_large(limit)
-        hold.cover(int(declared))
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
     body = bytearray()
     try:
         async for chunk in request.stream():
