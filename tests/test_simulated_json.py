@@ -48,3 +48,9 @@ def test_a_description_with_a_few_schema_starts_still_finds_the_schema() -> None
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     answer, _ = answered(schema, 'like: {"city": "Paris"}, or: {')
     assert answer is not None and json.loads(answer) == {"city": "example"}
+
+
+def test_a_line_separator_inside_the_schema_does_not_cut_it() -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string", "description": "a\u2028b"}}, "required": ["city"]}
+    answer, _ = answered(schema, "the city\u2029 name")
+    assert answer is not None and json.loads(answer) == {"city": "example"}

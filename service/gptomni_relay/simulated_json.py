@@ -50,7 +50,8 @@ def json_answer(prompt: str, fallback_text: str) -> str | None:
 
 def _schema_after(text: str) -> dict[str, Any] | None:
     # The instruction's next line is `Schema <name> (<description>): <schema as one line of JSON>`.
-    line = next((line for line in text.splitlines() if line.startswith("Schema ")), "")
+    # "\n" only: the schema is written with ensure_ascii=False, so U+2028 may stand inside it.
+    line = next((line for line in text.split("\n") if line.startswith("Schema ")), "")
     decoder = json.JSONDecoder()
     start = line.find(": {")
     for _ in range(_CANDIDATES):
