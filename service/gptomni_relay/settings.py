@@ -79,8 +79,8 @@ class RelaySettings(BaseSettings):
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
     # What every request body being read holds at once, together (core/byte_budget.py):
-    # beyond it a request is refused with 503 before its body is read. At least one
-    # body's limit, so that a request within it always fits a budget otherwise empty.
+    # beyond it a request is refused with 503 as its body arrives. At least one body's
+    # limit, so that a request within it always fits a budget otherwise empty.
     max_buffered_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # What one client connection may make the relay hold (http_guard.py).
     max_header_bytes: int = Field(32 * 1024, ge=4096, le=1_048_576)

@@ -4,8 +4,9 @@ The per-request body limit bounds one request; nothing bounded them all: 300 con
 each sending a 1 MiB body and then stalling held 300 MiB until the body timeout. Every
 body is read under a `Hold` on the relay's one `ByteBudget` (state.py): the hold grows
 chunk by chunk as the body comes (what arrived, not what a Content-Length announces: an
-announcement costs a client nothing to send), and gives everything back when its block ends (parsed, refused, or the client gone).
-A hold the budget cannot cover raises `ServerBusy` (503, retry shortly) and takes nothing.
+announcement costs a client nothing to send), and gives everything back when its block
+ends (parsed, refused, or the client gone). A hold the budget cannot cover raises
+`ServerBusy` (503, retry shortly) and takes nothing.
 """
 
 from __future__ import annotations

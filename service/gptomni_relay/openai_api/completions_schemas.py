@@ -13,8 +13,8 @@ class CompletionRequest(SamplingKnobs):
     """What legacy completions honours: one prompt, `stop`, `max_tokens`, `stream` with
     `stream_options.include_usage`. Sampling knobs (temperature, top_p, penalties, seed:
     SamplingKnobs checks their ranges) and `user` are accepted and ignored; what would
-    change the answer's meaning (echo, suffix, logprobs, best_of / n > 1, several prompts, token-id prompts,
-    logit_bias) is refused by completions_route.refuse_unsupported."""
+    change the answer's meaning (echo, suffix, logprobs, best_of / n > 1, several prompts,
+    token-id prompts, logit_bias) is refused by completions_route.refuse_unsupported."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -144,8 +144,9 @@ class ChatCompletionRequest(SamplingKnobs):
     `max_completion_tokens`, function `tools` with `tool_choice` and `parallel_tool_calls`,
     `response_format`. Sampling knobs the web chat lacks (temperature, top_p, seed,
     penalties, ...: SamplingKnobs checks their ranges) and bookkeeping fields (user, store,
-    metadata) are accepted and ignored: ignoring them cannot change what the answer is. What would (logprobs, logit_bias, n > 1,
-    audio) is refused by request_reading.refuse_unsupported. Unknown fields are ignored."""
+    metadata) are accepted and ignored: ignoring them cannot change what the answer is.
+    What would (logprobs, logit_bias, n > 1, audio) is refused by
+    request_reading.refuse_unsupported. Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="allow")
 

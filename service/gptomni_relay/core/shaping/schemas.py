@@ -5,8 +5,9 @@ Schemas come from clients and the values checked against them from GPT-Omni (whi
 client can steer), so both are bounded: a schema's size and nesting when the request is
 read (`schema_problem`), and the time checking one answer takes (`first_violation`, every
 value of an answer checked under one `answer_deadline`: 40 fenced values each given their
-own 0.25 s were 10 s a reading): every keyword looks at the deadline before it runs (a 1.4 KB schema of `allOf`s of two
-`$ref`s per level doubles the work at each level: 20 levels were 22 s on the event loop),
+own 0.25 s were 10 s a reading): every keyword looks at the deadline before it runs (a
+1.4 KB schema of `allOf`s of two `$ref`s per level doubles the work at each level: 20
+levels were 22 s on the event loop),
 patterns run on the `regex` engine with the time left (Python's `re` backtracks without
 limit), and `uniqueItems` is one pass over canonical keys (jsonschema compares unhashable
 items pairwise: 8,000 objects were 41 s).
