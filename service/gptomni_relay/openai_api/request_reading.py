@@ -150,10 +150,11 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
     response_format = request.response_format
     format_schema = (response_format.json_schema.schema_ if isinstance(response_format, JsonSchemaResponseFormat)
                      else None)
-    check_schema_bounds([*((f"tools[{index}].function.parameters", tool.function.parameters)
-                           for index, tool in enumerate(request.tools or ()) if tool.function.parameters is not None),
-                         *((("response_format.json_schema.schema", format_schema),) if format_schema is not None
-                           else ())])
+    schemas = [(f"tools[{index}].function.parameters", tool.function.parameters)
+               for index, tool in enumerate(request.tools or ()) if tool.function.parameters is not None]
+    if format_schema is not None:
+        schemas.append(("response_format.json_schema.schema", format_schema))
+    check_schema_bounds(schemas)
     refuse_unusable_tools(request)
     if format_schema is not None and (problem := SCHEMA_CHECKS.problem(format_schema)):
         raise bad_request(f"Invalid JSON schema: {problem}.", param="response_format.json_schema.schema")

@@ -141,9 +141,11 @@ def _json_format(request: ResponsesRequest) -> JsonFormat | None:
 def answer_shape(request: ResponsesRequest) -> AnswerShape:
     tools, positions = _function_tools(request)
     fmt = request.text.format if request.text is not None else None
-    check_schema_bounds([*((f"tools[{position}].parameters", tool.parameters)
-                           for tool, position in zip(tools, positions, strict=True) if tool.parameters is not None),
-                         *((("text.format.schema", fmt.schema_),) if isinstance(fmt, TextFormatJsonSchema) else ())])
+    schemas = [(f"tools[{position}].parameters", tool.parameters)
+               for tool, position in zip(tools, positions, strict=True) if tool.parameters is not None]
+    if isinstance(fmt, TextFormatJsonSchema):
+        schemas.append(("text.format.schema", fmt.schema_))
+    check_schema_bounds(schemas)
     choice = _tool_choice(request, tools)
     if problem := tools_problem(tools, choice, SCHEMA_CHECKS.problem):
         where = {"tools": "tools", "tool_choice": "tool_choice"}

@@ -28,7 +28,8 @@ TAGGED = re.compile(r"<(tool_calls?|function_call)>(.*?)(?:</\1>|\Z)", re.S)
 # Possessive: with a plain `*`, an unclosed fence ("```" and 64k letters) made the lazy
 # body re-scan the rest of the answer once per shorter info string, O(n^2) on the event
 # loop (19 s). The info string holds no backtick, so giving it back never finds a match.
-_FENCE = re.compile(r"```[A-Za-z0-9_+-]*+[^\S\n]*+\n?(.*?)```", re.S)
+FENCE_OPENING = r"```[A-Za-z0-9_+-]*+[^\S\n]*+\n?"  # the backticks, an info string, its line's end
+_FENCE = re.compile(FENCE_OPENING + r"(.*?)```", re.S)
 _OPENING = re.compile(r"[{\[]")
 _SPACE = re.compile(r"\s*")
 

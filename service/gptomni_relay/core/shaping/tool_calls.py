@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from gptomni_relay.core.conversation import TOOL_CALL_TAG, ToolCall, render_tool_call
 from gptomni_relay.core.errors import UnusableAnswer
-from gptomni_relay.core.shaping.extraction import Found, bare_values, json_values, parse_json, tagged
+from gptomni_relay.core.shaping.extraction import FENCE_OPENING, Found, bare_values, json_values, parse_json, tagged
 from gptomni_relay.core.shaping.schemas import answer_deadline, first_violation
 from gptomni_relay.core.shaping.shape import AnswerShape, FunctionTool, ShapedAnswer, ToolChoice
 
@@ -149,7 +149,7 @@ def _arguments(tool: FunctionTool, arguments: Any, deadline: float) -> str:
 # A call read as a bare value inside a fence (the fence could not be read whole because an
 # argument holds ```) takes its fence with it: the fence alone is no text to pass on.
 # Looked for within a few characters of the call, so the look costs nothing on long text.
-_FENCE_OPENING_BEFORE = re.compile(r"```[A-Za-z0-9_+-]*[^\S\n]*\n?\s*\Z")
+_FENCE_OPENING_BEFORE = re.compile(FENCE_OPENING + r"\s*\Z")
 _FENCE_CLOSING_AFTER = re.compile(r"\s*```")
 _FENCE_LOOK = 64
 
